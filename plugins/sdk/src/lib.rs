@@ -1,0 +1,238 @@
+//! Guest SDK for Palisade plugins.
+//!
+//! A plugin implements [`Plugin`] and exports it with [`export_plugin!`]. The
+//! SDK parses the JSON input, serialises the JSON output and wraps the host
+//! interfaces of the `palisade:plugin` world in small functions, so plugin
+//! code never touches the generated bindings.
+//!
+//! ```ignore
+//! use palisade_sdk::{Plugin, PluginError, PluginInfo, Value};
+//!
+//! struct Echo;
+//!
+//! impl Plugin for Echo {
+//!     fn describe() -> PluginInfo { /* ... */ }
+//!     fn invoke(action: &str, input: Value) -> Result<Value, PluginError> {
+//!         Ok(input)
+//!     }
+//! }
+//!
+//! palisade_sdk::export_plugin!(Echo);
+//! ```
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "export_world",
+        default_bindings_module: "palisade_sdk::bindings",
+    });
+}
+
+pub use bindings::palisade::plugin::types::{
+    ActionInfo, Capabilities, PluginError, PluginInfo, RateLimit, UpstreamFailure,
+};
+pub use serde_json::{Value, json};
+
+/// A Palisade plugin. The host creates a fresh instance for every call, so
+/// implementations keep no state between calls outside [`kv`].
+pub trait Plugin {
+    /// Returns the plugin's name, version, actions and requested capabilities.
+    fn describe() -> PluginInfo;
+
+    /// Runs `action` on a parsed JSON `input`.
+    fn invoke(action: &str, input: Value) -> Result<Value, PluginError>;
+}
+
+/// Exports a type implementing [`Plugin`] as the component's `plugin` world.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        struct __PalisadeExport;
+
+        impl $crate::bindings::Guest for __PalisadeExport {
+            fn describe() -> $crate::PluginInfo {
+                <$plugin as $crate::Plugin>::describe()
+            }
+
+            fn invoke(action: String, input: String) -> Result<String, $crate::PluginError> {
+                $crate::run_invoke::<$plugin>(&action, &input)
+            }
+        }
+
+        $crate::bindings::export_world!(__PalisadeExport with_types_in $crate::bindings);
+    };
+}
+
+/// Parses the input, calls the plugin and serialises its output.
+#[doc(hidden)]
+pub fn run_invoke<P: Plugin>(action: &str, input: &str) -> Result<String, PluginError> {
+    let input: Value = serde_json::from_str(input)
+        .map_err(|error| PluginError::BadInput(format!("input is not valid JSON: {error}")))?;
+    let output = P::invoke(action, input)?;
+    serde_json::to_string(&output)
+        .map_err(|error| PluginError::Internal(format!("output is not serialisable: {error}")))
+}
+
+/// Builds an [`ActionInfo`] from JSON Schema values.
+pub fn action(
+    name: &str,
+    description: &str,
+    input_schema: Value,
+    output_schema: Value,
+    side_effects: bool,
+) -> ActionInfo {
+    ActionInfo {
+        name: name.to_string(),
+        description: description.to_string(),
+        input_schema: input_schema.to_string(),
+        output_schema: output_schema.to_string(),
+        side_effects,
+    }
+}
+
+/// Returns the string field `name` of `input`, or a `bad-input` error naming it.
+pub fn require_str<'a>(input: &'a Value, name: &str) -> Result<&'a str, PluginError> {
+    input
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| PluginError::BadInput(format!("missing string field `{name}`")))
+}
+
+/// Log lines recorded with the step. The host caps the volume per call.
+pub mod log {
+    use crate::bindings::palisade::plugin::log::{Level, log};
+
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+/// Outbound HTTP through the host, limited to the origins it granted.
+pub mod http {
+    pub use crate::bindings::palisade::plugin::http::{
+        HeaderPlacement, HttpError, Response, SecretPlacement, SecretRef,
+    };
+    use crate::bindings::palisade::plugin::http::{Request as WitRequest, send as wit_send};
+
+    /// An outgoing request under construction.
+    pub struct Request {
+        inner: WitRequest,
+    }
+
+    impl Request {
+        pub fn new(method: &str, url: &str) -> Self {
+            Self {
+                inner: WitRequest {
+                    method: method.to_string(),
+                    url: url.to_string(),
+                    headers: Vec::new(),
+                    body: None,
+                    secret: None,
+                },
+            }
+        }
+
+        pub fn get(url: &str) -> Self {
+            Self::new("GET", url)
+        }
+
+        pub fn header(mut self, name: &str, value: &str) -> Self {
+            self.inner
+                .headers
+                .push((name.to_string(), value.to_string()));
+            self
+        }
+
+        pub fn body(mut self, body: Vec<u8>) -> Self {
+            self.inner.body = Some(body);
+            self
+        }
+
+        /// Asks the host to send secret `name` in header `header`, after
+        /// `prefix` (such as `Bearer `).
+        pub fn secret_header(mut self, name: &str, header: &str, prefix: &str) -> Self {
+            self.inner.secret = Some(SecretRef {
+                name: name.to_string(),
+                placement: SecretPlacement::Header(HeaderPlacement {
+                    name: header.to_string(),
+                    prefix: prefix.to_string(),
+                }),
+            });
+            self
+        }
+
+        /// Asks the host to send secret `name` as query parameter `parameter`.
+        pub fn secret_query(mut self, name: &str, parameter: &str) -> Self {
+            self.inner.secret = Some(SecretRef {
+                name: name.to_string(),
+                placement: SecretPlacement::Query(parameter.to_string()),
+            });
+            self
+        }
+
+        pub fn send(self) -> Result<Response, HttpError> {
+            wit_send(&self.inner)
+        }
+    }
+
+    /// Returns the first value of header `name` (lowercase) in `response`.
+    pub fn header_value<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
+        response
+            .headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The plugin's private key-value namespace.
+pub mod kv {
+    pub use crate::bindings::palisade::plugin::key_value::KvError;
+    use crate::bindings::palisade::plugin::key_value as wit;
+
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        wit::get(key)
+    }
+
+    pub fn set(key: &str, value: &[u8]) -> Result<(), KvError> {
+        wit::set(key, value)
+    }
+
+    pub fn delete(key: &str) -> Result<(), KvError> {
+        wit::delete(key)
+    }
+
+    pub fn list_keys(prefix: &str, limit: u32) -> Result<Vec<String>, KvError> {
+        wit::list_keys(prefix, limit)
+    }
+}
+
+/// Operator-provided settings the plugin requested.
+pub mod config {
+    pub fn get(key: &str) -> Option<String> {
+        crate::bindings::palisade::plugin::config::get(key)
+    }
+}
+
+/// Host wall-clock time.
+pub mod clock {
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms() -> u64 {
+        crate::bindings::palisade::plugin::clock::now_ms()
+    }
+}
