@@ -1,1 +1,517 @@
+//! Sandboxed WebAssembly plugin runtime of Palisade.
+//!
+//! The runtime loads plugin components, compiles each once (caching the
+//! precompiled artifact on disk, keyed by content hash), and runs a named
+//! action of a plugin in a fresh `Store` per call under that plugin's
+//! [`Policy`]. It knows nothing of playbooks, cases or HTTP routes: callers
+//! give it a plugin name, an action and a JSON document, and get back JSON or
+//! a typed [`CallError`].
+//!
+//! Limits per call: CPU time by epoch interruption (a ticker thread advances
+//! the epoch every [`EPOCH_TICK`]), wall-clock time by a timeout around the
+//! whole call (the epoch cannot interrupt a guest while it waits inside a
+//! host import), linear memory and tables by a resource limiter, the wasm
+//! stack by `max_wasm_stack`, and output and log volume by size caps.
 
+mod cache;
+mod error;
+mod host;
+mod outbound;
+mod policy;
+
+#[doc(hidden)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "plugin",
+        imports: {
+            "palisade:plugin/http.send": async,
+        },
+        exports: { default: async },
+    });
+}
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, Trap};
+
+use crate::bindings::palisade::plugin::types as wit;
+use crate::bindings::{Plugin, PluginPre};
+use crate::host::{HostState, Services};
+
+pub use crate::error::{CallError, LoadError};
+pub use crate::host::{HttpCall, KeyValueStore, LogLevel, LogLine, SecretSource, SecretValue};
+pub use crate::outbound::is_blocked;
+pub use crate::policy::{Grant, InvalidOrigin, Limits, OriginPattern, Policy, SecretGrant};
+
+/// Interval at which the ticker thread advances the engine's epoch.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Maximum wasm stack per call, in bytes.
+const MAX_WASM_STACK: usize = 512 << 10;
+
+/// Runtime settings.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeConfig {
+    /// Directory for precompiled artifacts. `None` disables the disk cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// An action a plugin offers, from its `describe` export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionInfo {
+    pub name: String,
+    pub description: String,
+    pub input_schema: serde_json::Value,
+    pub output_schema: serde_json::Value,
+    pub side_effects: bool,
+}
+
+/// Capabilities a plugin requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub http_origins: Vec<String>,
+    pub secrets: Vec<String>,
+    pub key_value: bool,
+    pub config: Vec<String>,
+}
+
+/// What a plugin says about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub actions: Vec<ActionInfo>,
+    pub capabilities: Capabilities,
+}
+
+impl PluginInfo {
+    pub fn action(&self, name: &str) -> Option<&ActionInfo> {
+        self.actions.iter().find(|action| action.name == name)
+    }
+}
+
+/// A plugin compiled and ready to instantiate.
+pub struct LoadedPlugin {
+    pub info: PluginInfo,
+    pub path: PathBuf,
+    /// SHA-256 of the component file, hex.
+    pub digest: String,
+    pub policy: Arc<Policy>,
+    pre: PluginPre<HostState>,
+}
+
+/// Who is calling, for logs and records.
+#[derive(Clone, Debug, Default)]
+pub struct CallContext {
+    pub run_id: String,
+    pub step_id: String,
+}
+
+/// Result of a successful call.
+#[derive(Clone, Debug)]
+pub struct CallOutput {
+    pub output: serde_json::Value,
+    pub report: CallReport,
+}
+
+/// What a call did, successful or not: logs, HTTP requests, duration.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CallReport {
+    pub plugin_version: String,
+    pub duration_us: u64,
+    pub logs: Vec<LogLine>,
+    pub logs_dropped: u32,
+    pub http_calls: Vec<HttpCall>,
+}
+
+/// A failed call with what it did before failing.
+#[derive(Clone, Debug)]
+pub struct CallFailure {
+    pub error: CallError,
+    pub report: CallReport,
+}
+
+/// The plugin runtime: one wasmtime `Engine`, the loaded plugins, and the
+/// services their imports use.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
+    services: Arc<Services>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Creates the engine, the linker and the epoch ticker thread.
+    pub fn new(
+        config: RuntimeConfig,
+        kv: Option<Arc<dyn KeyValueStore>>,
+        secrets: Option<Arc<dyn SecretSource>>,
+    ) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config())
+            .map_err(|error| anyhow::anyhow!("cannot create the wasm engine: {error}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|error| anyhow::anyhow!("cannot link WASI: {error}"))?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|error| anyhow::anyhow!("cannot link the plugin imports: {error}"))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
+
+        let outbound = outbound::Outbound::new()?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: config.cache_dir,
+            plugins: RwLock::new(BTreeMap::new()),
+            services: Arc::new(Services {
+                kv,
+                secrets,
+                outbound,
+            }),
+            ticker_stop,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads the component at `path`, calls its `describe` export under
+    /// `grant`, and registers it under the name it reports.
+    pub async fn load(&self, path: &Path, grant_for: impl Fn(&str) -> Grant) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let digest = cache::digest(&bytes);
+        let component = cache::compile(&self.engine, self.cache_dir.as_deref(), &bytes, &digest)
+            .map_err(|message| LoadError::Compile {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|error| LoadError::Link {
+                path: path.to_path_buf(),
+                message: error.to_string(),
+            })?;
+        let pre = PluginPre::new(instance_pre).map_err(|error| LoadError::Link {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })?;
+
+        // Describe under a deny-all policy first: the plugin's name is not
+        // known until it answers, and `describe` must not use any import.
+        let info = describe(&self.engine, &pre, &self.services)
+            .await
+            .map_err(|source| LoadError::Describe {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let policy = Policy::new(grant_for(&info.name)).map_err(|source| LoadError::Grant {
+            plugin: info.name.clone(),
+            source,
+        })?;
+        let loaded = Arc::new(LoadedPlugin {
+            info,
+            path: path.to_path_buf(),
+            digest,
+            policy: Arc::new(policy),
+            pre,
+        });
+
+        let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = plugins.get(&loaded.info.name)
+            && existing.path != loaded.path
+        {
+            return Err(LoadError::Duplicate {
+                name: loaded.info.name.clone(),
+                path: path.to_path_buf(),
+                existing: existing.path.clone(),
+            });
+        }
+        plugins.insert(loaded.info.name.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Loads every `.wasm` file in `dir`, in name order.
+    pub async fn load_dir(
+        &self,
+        dir: &Path,
+        grant_for: impl Fn(&str) -> Grant,
+    ) -> Result<Vec<Arc<LoadedPlugin>>, LoadError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+            .collect();
+        paths.sort();
+        let mut loaded = Vec::new();
+        for path in paths {
+            loaded.push(self.load(&path, &grant_for).await?);
+        }
+        Ok(loaded)
+    }
+
+    pub fn plugin(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
+        plugins.get(name).cloned()
+    }
+
+    pub fn plugins(&self) -> Vec<Arc<LoadedPlugin>> {
+        let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
+        plugins.values().cloned().collect()
+    }
+
+    /// Runs `action` of plugin `plugin` on `input` in a fresh instance.
+    pub async fn invoke(
+        &self,
+        plugin: &str,
+        action: &str,
+        input: &serde_json::Value,
+        context: &CallContext,
+    ) -> Result<CallOutput, CallFailure> {
+        let Some(loaded) = self.plugin(plugin) else {
+            return Err(CallFailure {
+                error: CallError::UnknownPlugin {
+                    plugin: plugin.to_string(),
+                },
+                report: CallReport::default(),
+            });
+        };
+        let span = tracing::debug_span!(
+            "plugin_call",
+            run.id = %context.run_id,
+            step.id = %context.step_id,
+            plugin.name = %plugin,
+        );
+        let _entered = span.enter();
+        self.invoke_loaded(&loaded, action, input).await
+    }
+
+    /// Runs `action` of an already resolved plugin.
+    pub async fn invoke_loaded(
+        &self,
+        loaded: &LoadedPlugin,
+        action: &str,
+        input: &serde_json::Value,
+    ) -> Result<CallOutput, CallFailure> {
+        let started = Instant::now();
+        let limits = loaded.policy.limits().clone();
+        let state = HostState::new(
+            loaded.info.name.clone(),
+            loaded.policy.clone(),
+            self.services.clone(),
+        );
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state);
+        store.set_epoch_deadline(epoch_ticks(limits.cpu_ms));
+        store.epoch_deadline_trap();
+
+        let input_text = input.to_string();
+        let outcome = {
+            let call = async {
+                let instance = loaded.pre.instantiate_async(&mut store).await?;
+                instance.call_invoke(&mut store, action, &input_text).await
+            };
+            tokio::time::timeout(limits.wall_time(), call).await
+        };
+
+        let state = store.into_data();
+        let report = CallReport {
+            plugin_version: loaded.info.version.clone(),
+            duration_us: started.elapsed().as_micros() as u64,
+            logs: state.logs,
+            logs_dropped: state.logs_dropped,
+            http_calls: state.http_calls,
+        };
+        let fail = |error| CallFailure {
+            error,
+            report: report.clone(),
+        };
+        let output_text = match outcome {
+            Err(_elapsed) => {
+                return Err(fail(CallError::Timeout {
+                    limit_ms: limits.wall_ms,
+                }));
+            }
+            Ok(Err(trap)) => {
+                let flags = LimitFlags {
+                    memory: state.memory_limit_hit,
+                    resource: state.resource_limit_hit,
+                };
+                return Err(fail(classify_trap(&trap, &limits, flags)));
+            }
+            Ok(Ok(Err(plugin_error))) => return Err(fail(map_plugin_error(plugin_error))),
+            Ok(Ok(Ok(text))) => text,
+        };
+        if output_text.len() > limits.output_bytes {
+            return Err(fail(CallError::OutputTooLarge {
+                size: output_text.len(),
+                limit_bytes: limits.output_bytes,
+            }));
+        }
+        let output = serde_json::from_str(&output_text).map_err(|error| {
+            fail(CallError::InvalidOutput {
+                message: error.to_string(),
+            })
+        })?;
+        Ok(CallOutput { output, report })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.max_wasm_stack(MAX_WASM_STACK);
+    config
+}
+
+/// Number of epoch ticks covering `cpu_ms`, at least one.
+fn epoch_ticks(cpu_ms: u64) -> u64 {
+    (cpu_ms / EPOCH_TICK.as_millis() as u64).max(1)
+}
+
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("palisade-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+    Ok(())
+}
+
+async fn describe(
+    engine: &Engine,
+    pre: &PluginPre<HostState>,
+    services: &Arc<Services>,
+) -> Result<PluginInfo, CallError> {
+    let policy = Arc::new(Policy::deny_all());
+    let limits = policy.limits().clone();
+    let mut store = Store::new(engine, HostState::new(String::new(), policy, services.clone()));
+    store.limiter(|state| state);
+    store.set_epoch_deadline(epoch_ticks(limits.cpu_ms));
+    store.epoch_deadline_trap();
+    let call = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance.call_describe(&mut store).await
+    };
+    let info = match tokio::time::timeout(limits.wall_time(), call).await {
+        Err(_) => {
+            return Err(CallError::Timeout {
+                limit_ms: limits.wall_ms,
+            });
+        }
+        Ok(Err(trap)) => {
+            let state = store.data();
+            let flags = LimitFlags {
+                memory: state.memory_limit_hit,
+                resource: state.resource_limit_hit,
+            };
+            return Err(classify_trap(&trap, &limits, flags));
+        }
+        Ok(Ok(info)) => info,
+    };
+    convert_info(info)
+}
+
+fn convert_info(info: wit::PluginInfo) -> Result<PluginInfo, CallError> {
+    let mut actions = Vec::new();
+    for action in info.actions {
+        let parse = |text: &str, what: &str| {
+            serde_json::from_str(text).map_err(|error| CallError::InvalidOutput {
+                message: format!("{what} of action {:?} is not JSON: {error}", action.name),
+            })
+        };
+        actions.push(ActionInfo {
+            input_schema: parse(&action.input_schema, "input schema")?,
+            output_schema: parse(&action.output_schema, "output schema")?,
+            name: action.name,
+            description: action.description,
+            side_effects: action.side_effects,
+        });
+    }
+    Ok(PluginInfo {
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        actions,
+        capabilities: Capabilities {
+            http_origins: info.capabilities.http_origins,
+            secrets: info.capabilities.secrets,
+            key_value: info.capabilities.key_value,
+            config: info.capabilities.config,
+        },
+    })
+}
+
+struct LimitFlags {
+    memory: bool,
+    resource: bool,
+}
+
+/// Turns a wasmtime error from instantiate or call into a [`CallError`].
+fn classify_trap(error: &wasmtime::Error, limits: &Limits, flags: LimitFlags) -> CallError {
+    if flags.memory {
+        return CallError::MemoryLimit {
+            limit_bytes: limits.memory_bytes,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::CpuTimeLimit {
+            limit_ms: limits.cpu_ms,
+        },
+        Some(Trap::StackOverflow) => CallError::StackOverflow,
+        Some(trap) => CallError::Trap {
+            message: trap.to_string(),
+        },
+        None if flags.resource => CallError::Trap {
+            message: format!("resource limit: {error}"),
+        },
+        None => CallError::Instantiate {
+            message: format!("{error:#}"),
+        },
+    }
+}
+
+fn map_plugin_error(error: wit::PluginError) -> CallError {
+    match error {
+        wit::PluginError::BadInput(message) => CallError::BadInput { message },
+        wit::PluginError::UnknownAction(action) => CallError::UnknownAction { action },
+        wit::PluginError::Upstream(failure) => CallError::Upstream {
+            status: failure.status,
+            message: failure.message,
+        },
+        wit::PluginError::RateLimited(limit) => CallError::RateLimited {
+            retry_after_ms: limit.retry_after_ms,
+            message: limit.message,
+        },
+        wit::PluginError::Denied(message) => CallError::Denied { message },
+        wit::PluginError::Internal(message) => CallError::Internal { message },
+    }
+}

@@ -1,0 +1,307 @@
+//! What an operator grants a plugin, and the checks made against it.
+//!
+//! A plugin gets nothing it was not granted: no origin, no secret, no
+//! key-value namespace and no setting. Limits have conservative defaults so
+//! an operator who grants nothing still gets a bounded plugin.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// Resource limits applied to every call of one plugin.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Maximum linear memory of the instance, in bytes.
+    pub memory_bytes: usize,
+    /// CPU time the guest may spend between host calls, in milliseconds.
+    /// Enforced by epoch interruption, so the resolution is one epoch tick.
+    pub cpu_ms: u64,
+    /// Wall-clock time for the whole call, host imports included, in
+    /// milliseconds.
+    pub wall_ms: u64,
+    /// Maximum size of the returned JSON document, in bytes.
+    pub output_bytes: usize,
+    /// Maximum bytes of log messages kept per call; the rest is dropped.
+    pub log_bytes: usize,
+    /// Maximum outbound HTTP requests per call.
+    pub http_requests: u32,
+    /// Maximum HTTP response body, in bytes.
+    pub http_response_bytes: usize,
+    /// Time for one HTTP request, in milliseconds.
+    pub http_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            cpu_ms: 2_000,
+            wall_ms: 10_000,
+            output_bytes: 1 << 20,
+            log_bytes: 16 << 10,
+            http_requests: 16,
+            http_response_bytes: 4 << 20,
+            http_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn wall_time(&self) -> Duration {
+        Duration::from_millis(self.wall_ms)
+    }
+}
+
+/// Where a granted secret may be sent: the secret name and the origins it is
+/// bound to.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretGrant {
+    pub name: String,
+    /// Origins the secret may be sent to, in the same syntax as
+    /// [`Grant::http_origins`].
+    pub origins: Vec<String>,
+}
+
+/// The operator's grant to one plugin.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grant {
+    /// Origins the plugin may call, such as `https://www.virustotal.com`,
+    /// `http://127.0.0.1:8080` or `https://*.example.com`. A missing port
+    /// means the scheme's default port.
+    pub http_origins: Vec<String>,
+    pub secrets: Vec<SecretGrant>,
+    pub key_value: bool,
+    /// Settings visible to the plugin through its `config` import.
+    pub config: BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
+/// A parsed origin pattern: scheme, host (optionally `*.` wildcard) and port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginPattern {
+    scheme: String,
+    host: HostPattern,
+    port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com` matches `a.example.com` and `a.b.example.com`, not
+    /// `example.com`.
+    Subdomains(String),
+}
+
+/// An origin pattern that could not be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid origin {origin:?}: {reason}; expected scheme://host[:port], such as https://api.example.com")]
+pub struct InvalidOrigin {
+    pub origin: String,
+    pub reason: &'static str,
+}
+
+impl OriginPattern {
+    pub fn parse(origin: &str) -> Result<Self, InvalidOrigin> {
+        let invalid = |reason| InvalidOrigin {
+            origin: origin.to_string(),
+            reason,
+        };
+        let (scheme, rest) = origin
+            .split_once("://")
+            .ok_or_else(|| invalid("missing scheme"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(invalid("scheme must be http or https")),
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+            return Err(invalid("an origin has no path, query or user info"));
+        }
+        let (host, port) = split_host_port(rest).ok_or_else(|| invalid("invalid port"))?;
+        let host = host.to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(invalid("missing host"));
+        }
+        let host = match host.strip_prefix("*.") {
+            Some(suffix) if !suffix.is_empty() && !suffix.contains('*') => {
+                HostPattern::Subdomains(suffix.to_string())
+            }
+            _ if host.contains('*') => return Err(invalid("a wildcard may only lead the host")),
+            _ => HostPattern::Exact(host),
+        };
+        Ok(Self {
+            scheme,
+            host,
+            port: port.unwrap_or(default_port),
+        })
+    }
+
+    /// Whether `url` is inside this origin.
+    pub fn permits(&self, url: &Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.to_ascii_lowercase();
+        let host_matches = match &self.host {
+            HostPattern::Exact(exact) => host == *exact,
+            HostPattern::Subdomains(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|label| label.ends_with('.') && label.len() > 1),
+        };
+        url.scheme() == self.scheme
+            && host_matches
+            && url.port_or_known_default() == Some(self.port)
+    }
+}
+
+/// Splits `host[:port]`, keeping bracketed IPv6 literals whole. Returns
+/// `None` when the port is not a number.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        return match after.strip_prefix(':') {
+            Some(port) => Some((authority.get(..host.len() + 2)?, Some(port.parse().ok()?))),
+            None if after.is_empty() => Some((authority, None)),
+            None => None,
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host, Some(port.parse().ok()?))),
+        None => Some((authority, None)),
+    }
+}
+
+/// A grant with its origin patterns parsed, ready for checks on every call.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub grant: Grant,
+    origins: Vec<OriginPattern>,
+    secret_origins: BTreeMap<String, Vec<OriginPattern>>,
+}
+
+impl Policy {
+    pub fn new(grant: Grant) -> Result<Self, InvalidOrigin> {
+        let origins = parse_origins(&grant.http_origins)?;
+        let mut secret_origins = BTreeMap::new();
+        for secret in &grant.secrets {
+            secret_origins.insert(secret.name.clone(), parse_origins(&secret.origins)?);
+        }
+        Ok(Self {
+            grant,
+            origins,
+            secret_origins,
+        })
+    }
+
+    /// A policy that grants nothing, with default limits.
+    pub fn deny_all() -> Self {
+        Self {
+            grant: Grant::default(),
+            origins: Vec::new(),
+            secret_origins: BTreeMap::new(),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.grant.limits
+    }
+
+    pub fn permits_url(&self, url: &Url) -> bool {
+        self.origins.iter().any(|origin| origin.permits(url))
+    }
+
+    /// Whether secret `name` may be sent to `url`.
+    pub fn permits_secret(&self, name: &str, url: &Url) -> bool {
+        self.secret_origins
+            .get(name)
+            .is_some_and(|origins| origins.iter().any(|origin| origin.permits(url)))
+    }
+
+    pub fn config_value(&self, key: &str) -> Option<&str> {
+        self.grant.config.get(key).map(String::as_str)
+    }
+}
+
+fn parse_origins(origins: &[String]) -> Result<Vec<OriginPattern>, InvalidOrigin> {
+    origins.iter().map(|o| OriginPattern::parse(o)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permits(pattern: &str, url: &str) -> bool {
+        OriginPattern::parse(pattern)
+            .unwrap()
+            .permits(&Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn origin_matches_scheme_host_and_port() {
+        let cases = [
+            ("https://www.virustotal.com", "https://www.virustotal.com/api/v3/files/x", true),
+            ("https://www.virustotal.com", "http://www.virustotal.com/", false),
+            ("https://www.virustotal.com", "https://www.virustotal.com:8443/", false),
+            ("https://www.virustotal.com", "https://virustotal.com/", false),
+            ("https://www.virustotal.com", "https://www.virustotal.com.evil.test/", false),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080/x", true),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8081/x", false),
+            ("http://127.0.0.1:8080", "http://127.0.0.1/x", false),
+            ("https://*.example.com", "https://a.example.com/", true),
+            ("https://*.example.com", "https://a.b.example.com/", true),
+            ("https://*.example.com", "https://example.com/", false),
+            ("https://*.example.com", "https://badexample.com/", false),
+            ("http://[::1]:9000", "http://[::1]:9000/", true),
+        ];
+        for (pattern, url, expected) in cases {
+            assert_eq!(permits(pattern, url), expected, "{pattern} against {url}");
+        }
+    }
+
+    #[test]
+    fn invalid_origins_are_rejected() {
+        for origin in [
+            "www.virustotal.com",
+            "ftp://example.com",
+            "https://example.com/path",
+            "https://user@example.com",
+            "https://ex*ample.com",
+            "https://example.com:notaport",
+            "https://",
+        ] {
+            assert!(OriginPattern::parse(origin).is_err(), "{origin} was accepted");
+        }
+    }
+
+    #[test]
+    fn secret_is_bound_to_its_origins() {
+        let policy = Policy::new(Grant {
+            http_origins: vec!["https://a.test".into(), "https://b.test".into()],
+            secrets: vec![SecretGrant {
+                name: "key".into(),
+                origins: vec!["https://a.test".into()],
+            }],
+            ..Grant::default()
+        })
+        .unwrap();
+        let a = Url::parse("https://a.test/x").unwrap();
+        let b = Url::parse("https://b.test/x").unwrap();
+        assert!(policy.permits_secret("key", &a));
+        assert!(!policy.permits_secret("key", &b));
+        assert!(!policy.permits_secret("other", &a));
+    }
+
+    #[test]
+    fn deny_all_permits_nothing() {
+        let policy = Policy::deny_all();
+        assert!(!policy.permits_url(&Url::parse("http://127.0.0.1/").unwrap()));
+        assert!(policy.config_value("base_url").is_none());
+    }
+}
