@@ -1,1 +1,16 @@
+//! Alert, observable, case and run types shared by every Palisade layer,
+//! and the parsers that turn a security product's output into alerts.
+//!
+//! This crate has no I/O: it parses text it is given and builds values.
 
+mod alert;
+mod case;
+mod ingest;
+mod observable;
+mod run;
+
+pub use alert::{Alert, NormaliseError, Rule, Severity};
+pub use case::{Case, CaseObservable, CaseStatus, TimelineEvent};
+pub use ingest::{InputError, parse_alerts};
+pub use observable::{Observable, ObservableKind, is_internal_ip};
+pub use run::{RunRecord, RunStatus, StepError, StepRecord, StepStatus};
