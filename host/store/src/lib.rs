@@ -1,1 +1,81 @@
+//! Durable storage of Palisade: alerts, cases, runs and the plugins'
+//! key-value namespaces.
+//!
+//! [`Store`] is the interface the rest of the host uses; [`SledStore`] is
+//! the embedded default. Every record is JSON, so a database can be read
+//! with any tool that opens sled. Writes that must happen together (an
+//! alert and the case it joins) run in one transaction.
 
+mod sled_store;
+
+use chrono::{DateTime, Utc};
+use palisade_model::{Alert, Case, RunRecord};
+
+pub use sled_store::SledStore;
+
+/// A storage failure. The message names the record involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the database at {path:?}: {message}; check the path and that no other palisade process has it open"
+    )]
+    Open { path: String, message: String },
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("record {key:?} in {tree} is not valid JSON: {message}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+}
+
+/// What ingesting one alert did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// False when the same alert was ingested before; nothing was written.
+    pub alert_is_new: bool,
+    pub case_id: String,
+    pub case_is_new: bool,
+}
+
+/// The storage interface of the host.
+pub trait Store: Send + Sync {
+    /// Stores `alert` and adds it to the open case with its fingerprint,
+    /// creating the case if there is none. Ingesting an alert that is already
+    /// stored changes nothing.
+    fn ingest_alert(&self, alert: &Alert, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError>;
+
+    fn alert(&self, id: &str) -> Result<Option<Alert>, StoreError>;
+
+    fn case(&self, id: &str) -> Result<Option<Case>, StoreError>;
+
+    /// Every case, oldest first.
+    fn cases(&self) -> Result<Vec<Case>, StoreError>;
+
+    /// Applies `change` to case `id` atomically and returns the new case.
+    fn update_case(&self, id: &str, change: &mut dyn FnMut(&mut Case)) -> Result<Case, StoreError>;
+
+    /// Writes `run` whole, replacing an earlier version.
+    fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+
+    fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
+
+    /// Every run, oldest first.
+    fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Waits until every write so far is on disk.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn kv_set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), StoreError>;
+    fn kv_list(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+}

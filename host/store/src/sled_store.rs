@@ -1,0 +1,403 @@
+//! The sled backend.
+//!
+//! Trees and their keys:
+//! - `alerts`: alert id to the alert;
+//! - `alert_cases`: alert id to the id of the case it joined;
+//! - `cases`: case id (`C` and eight digits, in creation order) to the case;
+//! - `open_cases`: fingerprint to the id of the open case with it;
+//! - `runs`: run id (`R` and eight digits) to the run record;
+//! - `kv`: plugin name, a zero byte, then the plugin's key, to the value.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use palisade_model::{Alert, Case, CaseStatus, RunRecord};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::{IngestOutcome, Store, StoreError};
+
+/// A [`Store`] on an embedded sled database.
+pub struct SledStore {
+    db: sled::Db,
+    alerts: sled::Tree,
+    alert_cases: sled::Tree,
+    cases: sled::Tree,
+    open_cases: sled::Tree,
+    runs: sled::Tree,
+    kv: sled::Tree,
+}
+
+impl SledStore {
+    /// Opens or creates the database in directory `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|error| StoreError::Open {
+                path: path.display().to_string(),
+                message: error.to_string(),
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(database);
+        Ok(Self {
+            alerts: tree("alerts")?,
+            alert_cases: tree("alert_cases")?,
+            cases: tree("cases")?,
+            open_cases: tree("open_cases")?,
+            runs: tree("runs")?,
+            kv: tree("kv")?,
+            db,
+        })
+    }
+
+    /// Returns a new run id, unique in this database.
+    pub fn next_run_id(&self) -> Result<String, StoreError> {
+        Ok(format!(
+            "R{:08}",
+            self.db.generate_id().map_err(database)? + 1
+        ))
+    }
+
+    fn next_case_id(&self) -> Result<String, StoreError> {
+        Ok(format!(
+            "C{:08}",
+            self.db.generate_id().map_err(database)? + 1
+        ))
+    }
+}
+
+fn database(error: sled::Error) -> StoreError {
+    StoreError::Database(error.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising our own model types to JSON cannot fail: they hold only
+    // strings, numbers, maps with string keys and `serde_json::Value`s.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: error.to_string(),
+    })
+}
+
+fn new_case(id: String, alert: &Alert, now: DateTime<Utc>) -> Case {
+    let title = if alert.rule.name.is_empty() {
+        format!("{} rule {}", alert.source, alert.rule.id)
+    } else {
+        alert.rule.name.clone()
+    };
+    let mut case = Case {
+        id,
+        fingerprint: alert.fingerprint.clone(),
+        title,
+        status: CaseStatus::New,
+        source: alert.source.clone(),
+        rule: alert.rule.clone(),
+        severity: alert.severity,
+        priority: None,
+        score: None,
+        created_at: now,
+        updated_at: now,
+        alert_ids: Vec::new(),
+        observables: Vec::new(),
+        intel_hits: Vec::new(),
+        verdicts: Vec::new(),
+        run_ids: Vec::new(),
+        timeline: Vec::new(),
+    };
+    case.record("case_opened", format!("opened for alert {}", alert.id), now);
+    case
+}
+
+fn kv_key(namespace: &str, key: &str) -> Vec<u8> {
+    let mut full = Vec::with_capacity(namespace.len() + 1 + key.len());
+    full.extend_from_slice(namespace.as_bytes());
+    full.push(0);
+    full.extend_from_slice(key.as_bytes());
+    full
+}
+
+impl Store for SledStore {
+    fn ingest_alert(&self, alert: &Alert, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError> {
+        let alert_bytes = encode(alert);
+        // Reserved outside the transaction, which may run more than once.
+        let fresh_case_id = self.next_case_id()?;
+        let result = (
+            &self.alerts,
+            &self.alert_cases,
+            &self.cases,
+            &self.open_cases,
+        )
+            .transaction(|(alerts, alert_cases, cases, open_cases)| {
+                if alerts.get(alert.id.as_bytes())?.is_some() {
+                    let case_id = alert_cases
+                        .get(alert.id.as_bytes())?
+                        .map(|id| String::from_utf8_lossy(&id).into_owned())
+                        .unwrap_or_default();
+                    return Ok(IngestOutcome {
+                        alert_is_new: false,
+                        case_id,
+                        case_is_new: false,
+                    });
+                }
+                let existing = match open_cases.get(alert.fingerprint.as_bytes())? {
+                    Some(case_id) => cases
+                        .get(&case_id)?
+                        .map(|bytes| decode::<Case>("cases", &case_id, &bytes))
+                        .transpose()
+                        .map_err(ConflictableTransactionError::Abort)?,
+                    None => None,
+                };
+                let case_is_new = existing.is_none();
+                let mut case =
+                    existing.unwrap_or_else(|| new_case(fresh_case_id.clone(), alert, now));
+                case.alert_ids.push(alert.id.clone());
+                case.severity = case.severity.max(alert.severity);
+                case.record(
+                    "alert_added",
+                    format!("alert {} ({})", alert.id, alert.rule.name),
+                    now,
+                );
+
+                alerts.insert(alert.id.as_bytes(), alert_bytes.as_slice())?;
+                alert_cases.insert(alert.id.as_bytes(), case.id.as_bytes())?;
+                cases.insert(case.id.as_bytes(), encode(&case))?;
+                open_cases.insert(alert.fingerprint.as_bytes(), case.id.as_bytes())?;
+                Ok(IngestOutcome {
+                    alert_is_new: true,
+                    case_id: case.id,
+                    case_is_new,
+                })
+            });
+        result.map_err(transaction_error)
+    }
+
+    fn alert(&self, id: &str) -> Result<Option<Alert>, StoreError> {
+        self.alerts
+            .get(id.as_bytes())
+            .map_err(database)?
+            .map(|bytes| decode("alerts", id.as_bytes(), &bytes))
+            .transpose()
+    }
+
+    fn case(&self, id: &str) -> Result<Option<Case>, StoreError> {
+        self.cases
+            .get(id.as_bytes())
+            .map_err(database)?
+            .map(|bytes| decode("cases", id.as_bytes(), &bytes))
+            .transpose()
+    }
+
+    fn cases(&self) -> Result<Vec<Case>, StoreError> {
+        self.cases
+            .iter()
+            .map(|entry| {
+                let (key, bytes) = entry.map_err(database)?;
+                decode("cases", &key, &bytes)
+            })
+            .collect()
+    }
+
+    fn update_case(&self, id: &str, change: &mut dyn FnMut(&mut Case)) -> Result<Case, StoreError> {
+        // sled may run the transaction more than once; each run applies the
+        // change to a freshly read case.
+        let change = std::cell::RefCell::new(change);
+        let result = (&self.cases, &self.open_cases).transaction(|(cases, open_cases)| {
+            let bytes = cases.get(id.as_bytes())?.ok_or_else(|| {
+                ConflictableTransactionError::Abort(StoreError::NotFound {
+                    what: "case",
+                    id: id.to_string(),
+                })
+            })?;
+            let mut case: Case = decode("cases", id.as_bytes(), &bytes)
+                .map_err(ConflictableTransactionError::Abort)?;
+            (change.borrow_mut())(&mut case);
+            cases.insert(id.as_bytes(), encode(&case))?;
+            if !case.status.is_open() {
+                let indexed = open_cases.get(case.fingerprint.as_bytes())?;
+                if indexed.as_deref() == Some(id.as_bytes()) {
+                    open_cases.remove(case.fingerprint.as_bytes())?;
+                }
+            }
+            Ok(case)
+        });
+        result.map_err(transaction_error)
+    }
+
+    fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.runs
+            .insert(run.id.as_bytes(), encode(run))
+            .map_err(database)?;
+        Ok(())
+    }
+
+    fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.runs
+            .get(id.as_bytes())
+            .map_err(database)?
+            .map(|bytes| decode("runs", id.as_bytes(), &bytes))
+            .transpose()
+    }
+
+    fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.runs
+            .iter()
+            .map(|entry| {
+                let (key, bytes) = entry.map_err(database)?;
+                decode("runs", &key, &bytes)
+            })
+            .collect()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(database)?;
+        Ok(())
+    }
+
+    fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .kv
+            .get(kv_key(namespace, key))
+            .map_err(database)?
+            .map(|value| value.to_vec()))
+    }
+
+    fn kv_set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.kv
+            .insert(kv_key(namespace, key), value)
+            .map_err(database)?;
+        Ok(())
+    }
+
+    fn kv_delete(&self, namespace: &str, key: &str) -> Result<(), StoreError> {
+        self.kv.remove(kv_key(namespace, key)).map_err(database)?;
+        Ok(())
+    }
+
+    fn kv_list(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let full_prefix = kv_key(namespace, prefix);
+        let skip = namespace.len() + 1;
+        self.kv
+            .scan_prefix(full_prefix)
+            .keys()
+            .take(limit)
+            .map(|key| {
+                let key = key.map_err(database)?;
+                Ok(String::from_utf8_lossy(&key[skip..]).into_owned())
+            })
+            .collect()
+    }
+}
+
+fn transaction_error(error: TransactionError<StoreError>) -> StoreError {
+    match error {
+        TransactionError::Abort(error) => error,
+        TransactionError::Storage(error) => database(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_model::parse_alerts;
+
+    const FIM: &str = r#"{"timestamp":"2022-11-17T19:17:42.694+0200","rule":{"level":5,"id":"554","description":"File added to the system."},"agent":{"name":"Ubuntu","ip":"10.0.2.15"},"syscheck":{"sha256_after":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}"#;
+    const FIM_AGAIN: &str = r#"{"timestamp":"2022-11-17T20:00:00.000+0200","rule":{"level":5,"id":"554","description":"File added to the system."},"agent":{"name":"Ubuntu","ip":"10.0.2.15"},"syscheck":{"sha256_after":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}"#;
+
+    fn alert(text: &str) -> Alert {
+        parse_alerts(text).pop().unwrap().unwrap()
+    }
+
+    #[test]
+    fn same_alert_twice_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let first = store.ingest_alert(&alert(FIM), Utc::now()).unwrap();
+        let second = store.ingest_alert(&alert(FIM), Utc::now()).unwrap();
+        assert!(first.alert_is_new && first.case_is_new);
+        assert!(!second.alert_is_new);
+        assert_eq!(first.case_id, second.case_id);
+        assert_eq!(store.cases().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn same_fingerprint_joins_open_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let first = store.ingest_alert(&alert(FIM), Utc::now()).unwrap();
+        let second = store.ingest_alert(&alert(FIM_AGAIN), Utc::now()).unwrap();
+        assert!(second.alert_is_new);
+        assert!(!second.case_is_new);
+        assert_eq!(first.case_id, second.case_id);
+        let case = store.case(&first.case_id).unwrap().unwrap();
+        assert_eq!(case.alert_ids.len(), 2);
+    }
+
+    #[test]
+    fn resolved_case_takes_no_new_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let first = store.ingest_alert(&alert(FIM), Utc::now()).unwrap();
+        store
+            .update_case(&first.case_id, &mut |case| {
+                case.status = CaseStatus::Resolved
+            })
+            .unwrap();
+        let second = store.ingest_alert(&alert(FIM_AGAIN), Utc::now()).unwrap();
+        assert!(second.case_is_new);
+        assert_ne!(first.case_id, second.case_id);
+    }
+
+    #[test]
+    fn cases_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let case_id = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let outcome = store.ingest_alert(&alert(FIM), Utc::now()).unwrap();
+            store.flush().unwrap();
+            outcome.case_id
+        };
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.case(&case_id).unwrap().is_some());
+        assert!(
+            !store
+                .ingest_alert(&alert(FIM), Utc::now())
+                .unwrap()
+                .alert_is_new
+        );
+    }
+
+    #[test]
+    fn kv_namespaces_are_separate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.kv_set("a", "ind:ipv4:1.2.3.4", b"x").unwrap();
+        store.kv_set("b", "ind:ipv4:5.6.7.8", b"y").unwrap();
+        assert_eq!(
+            store.kv_get("a", "ind:ipv4:1.2.3.4").unwrap().unwrap(),
+            b"x"
+        );
+        assert!(store.kv_get("b", "ind:ipv4:1.2.3.4").unwrap().is_none());
+        assert_eq!(
+            store.kv_list("a", "ind:", 10).unwrap(),
+            vec!["ind:ipv4:1.2.3.4"]
+        );
+        store.kv_delete("a", "ind:ipv4:1.2.3.4").unwrap();
+        assert!(store.kv_list("a", "", 10).unwrap().is_empty());
+    }
+}
