@@ -58,6 +58,9 @@ pub trait Store: Send + Sync {
     /// Applies `change` to case `id` atomically and returns the new case.
     fn update_case(&self, id: &str, change: &mut dyn FnMut(&mut Case)) -> Result<Case, StoreError>;
 
+    /// Returns a new run id, unique in this database.
+    fn next_run_id(&self) -> Result<String, StoreError>;
+
     /// Writes `run` whole, replacing an earlier version.
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
 

@@ -234,6 +234,13 @@ impl Store for SledStore {
         result.map_err(transaction_error)
     }
 
+    fn next_run_id(&self) -> Result<String, StoreError> {
+        Ok(format!(
+            "R{:08}",
+            self.db.generate_id().map_err(database)? + 1
+        ))
+    }
+
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         self.runs
             .insert(run.id.as_bytes(), encode(run))

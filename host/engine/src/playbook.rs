@@ -1,0 +1,365 @@
+//! Playbook files: YAML with a trigger, steps and what to write to the case.
+//!
+//! ```yaml
+//! name: wazuh-triage
+//! trigger:
+//!   source: wazuh
+//!   when: "alert.severity != 'informational'"
+//! steps:
+//!   - id: extract
+//!     uses: ioc-extractor.extract
+//!     with:
+//!       document: "{{ alert.raw }}"
+//! case:
+//!   observables: "{{ steps.extract.observables }}"
+//! ```
+//!
+//! A string that is one `{{ expression }}` and nothing else takes the
+//! expression's value with its JSON type; any other string containing `{{`
+//! is rendered as a template into a string.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::template::Templates;
+
+/// What a playbook runs on.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    /// Alert source the playbook takes, such as `wazuh`. None takes all.
+    pub source: Option<String>,
+    /// Expression over `alert` that must be true.
+    pub when: Option<String>,
+}
+
+/// What the run does when a step fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Fail the run; later steps do not run.
+    #[default]
+    Fail,
+    /// Record the failure and go on; the step's output is undefined.
+    Continue,
+}
+
+/// One step: a plugin action with templated input.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub id: String,
+    /// `plugin.action`.
+    pub uses: String,
+    /// Expression that must be true for the step to run.
+    #[serde(rename = "if")]
+    pub condition: Option<String>,
+    #[serde(default)]
+    pub with: Value,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+impl Step {
+    /// Splits `uses` into plugin and action.
+    pub fn target(&self) -> (&str, &str) {
+        self.uses.split_once('.').unwrap_or((&self.uses, ""))
+    }
+}
+
+/// What a finished run writes to its case. Every field is an expression or
+/// template over the run's context; a null or undefined result leaves the
+/// case field unchanged.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseUpdate {
+    pub observables: Option<String>,
+    pub intel_hits: Option<String>,
+    pub verdicts: Option<String>,
+    pub severity: Option<String>,
+    pub priority: Option<String>,
+    pub score: Option<String>,
+}
+
+/// A parsed and checked playbook.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Playbook {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub trigger: Trigger,
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub case: CaseUpdate,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// A playbook file that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaybookError {
+    #[error("cannot read playbook {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Playbook {
+    /// Reads and checks the playbook at `path`.
+    pub fn load(path: &Path) -> Result<Self, PlaybookError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PlaybookError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks playbook `text`; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, PlaybookError> {
+        let shown = path.display().to_string();
+        let mut playbook: Playbook =
+            serde_yaml_ng::from_str(text).map_err(|error| match error.location() {
+                Some(location) => PlaybookError::Syntax {
+                    path: shown.clone(),
+                    line: location.line(),
+                    column: location.column(),
+                    message: error.to_string(),
+                },
+                None => PlaybookError::Invalid {
+                    path: shown.clone(),
+                    message: error.to_string(),
+                },
+            })?;
+        playbook.path = path.to_path_buf();
+        playbook.check().map_err(|message| PlaybookError::Invalid {
+            path: shown,
+            message,
+        })?;
+        Ok(playbook)
+    }
+
+    /// Loads every `.yaml` and `.yml` file in `dir`, in name order.
+    pub fn load_dir(dir: &Path) -> Result<Vec<Self>, PlaybookError> {
+        let read_error = |source| PlaybookError::Read {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(read_error)?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|ext| ext == "yaml" || ext == "yml")
+            })
+            .collect();
+        paths.sort();
+        paths.iter().map(|path| Self::load(path)).collect()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("`name` is empty; give the playbook a name".into());
+        }
+        if self.steps.is_empty() {
+            return Err("`steps` is empty; a playbook needs at least one step".into());
+        }
+        let templates = Templates::new();
+        if let Some(when) = &self.trigger.when {
+            templates
+                .check_expression(when)
+                .map_err(|error| format!("trigger.when {when:?}: {error}"))?;
+        }
+        let mut seen = BTreeSet::new();
+        for step in &self.steps {
+            self.check_step(step, &seen, &templates)?;
+            seen.insert(step.id.as_str());
+        }
+        let case_fields = [
+            ("observables", &self.case.observables),
+            ("intel_hits", &self.case.intel_hits),
+            ("verdicts", &self.case.verdicts),
+            ("severity", &self.case.severity),
+            ("priority", &self.case.priority),
+            ("score", &self.case.score),
+        ];
+        for (field, value) in case_fields {
+            if let Some(value) = value {
+                templates
+                    .check_value(&Value::String(value.clone()))
+                    .map_err(|error| format!("case.{field}: {error}"))?;
+                check_step_references(value, &seen)
+                    .map_err(|error| format!("case.{field}: {error}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_step(
+        &self,
+        step: &Step,
+        earlier: &BTreeSet<&str>,
+        templates: &Templates,
+    ) -> Result<(), String> {
+        let id = &step.id;
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "step id {id:?} is invalid; use letters, digits and underscores"
+            ));
+        }
+        if earlier.contains(id.as_str()) {
+            return Err(format!(
+                "step id {id:?} is used twice; step ids must be unique"
+            ));
+        }
+        let (plugin, action) = step.target();
+        if plugin.is_empty() || action.is_empty() {
+            return Err(format!(
+                "step {id:?}: `uses: {}` is invalid; write plugin.action, such as ioc-extractor.extract",
+                step.uses
+            ));
+        }
+        if let Some(condition) = &step.condition {
+            templates
+                .check_expression(condition)
+                .map_err(|error| format!("step {id:?} `if`: {error}"))?;
+            check_step_references(condition, earlier)
+                .map_err(|error| format!("step {id:?} `if`: {error}"))?;
+        }
+        templates
+            .check_value(&step.with)
+            .map_err(|error| format!("step {id:?} `with`: {error}"))?;
+        for text in strings_in(&step.with) {
+            check_step_references(text, earlier)
+                .map_err(|error| format!("step {id:?} `with`: {error}"))?;
+        }
+        Ok(())
+    }
+
+    /// `plugin.action` pairs the playbook uses.
+    pub fn targets(&self) -> BTreeMap<&str, BTreeSet<&str>> {
+        let mut targets: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for step in &self.steps {
+            let (plugin, action) = step.target();
+            targets.entry(plugin).or_default().insert(action);
+        }
+        targets
+    }
+}
+
+fn strings_in(value: &Value) -> Vec<&str> {
+    match value {
+        Value::String(text) => vec![text],
+        Value::Array(items) => items.iter().flat_map(strings_in).collect(),
+        Value::Object(map) => map.values().flat_map(strings_in).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Rejects `steps.<id>` references to a step that is not earlier in the
+/// playbook.
+fn check_step_references(text: &str, earlier: &BTreeSet<&str>) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(position) = rest.find("steps.") {
+        let before = rest[..position].chars().last();
+        rest = &rest[position + "steps.".len()..];
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+            continue;
+        }
+        let id: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if !earlier.contains(id.as_str()) {
+            return Err(format!(
+                "`steps.{id}` does not name an earlier step; a step can only use outputs of steps above it"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Playbook, String> {
+        Playbook::parse(text, Path::new("test.yaml")).map_err(|error| error.to_string())
+    }
+
+    const VALID: &str = "
+name: t
+trigger: { source: wazuh, when: \"alert.severity != 'informational'\" }
+steps:
+  - id: extract
+    uses: ioc-extractor.extract
+    with: { document: '{{ alert.raw }}' }
+  - id: intel
+    uses: ti-matcher.match
+    with: { observables: '{{ steps.extract.observables }}' }
+case:
+  observables: '{{ steps.extract.observables }}'
+";
+
+    #[test]
+    fn valid_playbook_loads() {
+        let playbook = parse(VALID).unwrap();
+        assert_eq!(playbook.steps.len(), 2);
+        assert_eq!(playbook.steps[1].target(), ("ti-matcher", "match"));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let cases = [
+            (
+                VALID.replace("ti-matcher.match", "ti-matcher"),
+                "write plugin.action",
+            ),
+            (VALID.replace("id: intel", "id: extract"), "used twice"),
+            (
+                VALID.replace("steps.extract.observables }}' }", "steps.later.x }}' }"),
+                "`steps.later`",
+            ),
+            (
+                VALID.replace("alert.severity !=", "alert.severity !=="),
+                "trigger.when",
+            ),
+            (
+                VALID.replace(
+                    "uses: ti-matcher.match",
+                    "uses: ti-matcher.match\n    colour: red",
+                ),
+                "unknown field `colour`",
+            ),
+            ("name: t\nsteps: []\n".to_string(), "at least one step"),
+        ];
+        for (text, expected) in cases {
+            let error = parse(&text).unwrap_err();
+            assert!(
+                error.contains(expected),
+                "expected {expected:?} in {error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let error = parse("name: t\nsteps:\n  - id: [unclosed\n").unwrap_err();
+        assert!(error.starts_with("test.yaml:"), "{error}");
+        assert!(error.contains(":3:") || error.contains(":4:"), "{error}");
+    }
+}

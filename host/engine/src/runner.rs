@@ -1,0 +1,180 @@
+//! Running a playbook on one alert, step by step, with a journal entry
+//! after every step.
+
+use std::future::Future;
+use std::time::Instant;
+
+use chrono::Utc;
+use palisade_model::{Alert, RunRecord, RunStatus, StepError, StepRecord, StepStatus};
+use serde_json::{Map, Value, json};
+
+use crate::playbook::{OnError, Playbook, Step};
+use crate::template::Templates;
+
+/// What one plugin call returned, as the engine records it.
+#[derive(Clone, Debug)]
+pub struct StepOutcome {
+    pub result: Result<Value, StepError>,
+    pub plugin_version: Option<String>,
+    pub duration_us: u64,
+    pub logs: Value,
+    pub http_calls: Value,
+}
+
+/// The engine's way to reach plugins. The host implements it over the
+/// sandboxed runtime; the engine sees only JSON in and out.
+pub trait PluginCaller: Send + Sync + 'static {
+    fn call(
+        &self,
+        plugin: &str,
+        action: &str,
+        input: &Value,
+        run_id: &str,
+        step_id: &str,
+    ) -> impl Future<Output = StepOutcome> + Send;
+
+    /// Names of the actions plugin `plugin` offers, or `None` when no such
+    /// plugin is loaded.
+    fn actions(&self, plugin: &str) -> Option<Vec<String>>;
+}
+
+/// Builds the expression context of a run.
+pub(crate) fn run_context(alert: &Alert, case_id: &str) -> Value {
+    json!({
+        "alert": alert,
+        "case": { "id": case_id },
+        "steps": {},
+    })
+}
+
+/// Runs `playbook`'s steps in order and journals the run after every step
+/// through `journal`.
+pub(crate) async fn execute<C: PluginCaller>(
+    caller: &C,
+    templates: &Templates,
+    playbook: &Playbook,
+    run: &mut RunRecord,
+    context: &mut Value,
+    journal: &mut dyn FnMut(&RunRecord),
+) {
+    for step in &playbook.steps {
+        let record = run_step(caller, templates, step, &run.id, context).await;
+        let failed = record.status == StepStatus::Failed;
+        if let (Some(output), Some(steps)) = (
+            &record.output,
+            context.get_mut("steps").and_then(Value::as_object_mut),
+        ) {
+            steps.insert(step.id.clone(), output.clone());
+        }
+        let error = record.error.clone();
+        run.steps.push(record);
+        journal(run);
+        if failed && step.on_error == OnError::Fail {
+            run.status = RunStatus::Failed;
+            run.error = error.map(|error| StepError {
+                kind: error.kind,
+                message: format!("step {:?} failed: {}", step.id, error.message),
+            });
+            break;
+        }
+    }
+    if run.status == RunStatus::Running {
+        run.status = RunStatus::Succeeded;
+    }
+    run.finished_at = Some(Utc::now());
+}
+
+async fn run_step<C: PluginCaller>(
+    caller: &C,
+    templates: &Templates,
+    step: &Step,
+    run_id: &str,
+    context: &Value,
+) -> StepRecord {
+    let started_at = Utc::now();
+    let started = Instant::now();
+    let mut record = StepRecord {
+        id: step.id.clone(),
+        uses: step.uses.clone(),
+        status: StepStatus::Skipped,
+        started_at,
+        duration_us: 0,
+        plugin_version: None,
+        input: Value::Null,
+        output: None,
+        error: None,
+        logs: Value::Array(Vec::new()),
+        http_calls: Value::Array(Vec::new()),
+    };
+
+    if let Some(condition) = &step.condition {
+        match templates.is_true(condition, context) {
+            Ok(true) => {}
+            Ok(false) => return record,
+            Err(message) => return failed(record, "expression", message, started),
+        }
+    }
+    let input = match templates.render(&step.with, context) {
+        Ok(input) => input,
+        Err(message) => return failed(record, "expression", message, started),
+    };
+
+    let (plugin, action) = step.target();
+    let outcome = caller.call(plugin, action, &input, run_id, &step.id).await;
+    record.input = input;
+    record.plugin_version = outcome.plugin_version;
+    record.logs = outcome.logs;
+    record.http_calls = outcome.http_calls;
+    record.duration_us = outcome.duration_us;
+    match outcome.result {
+        Ok(output) => {
+            record.status = StepStatus::Succeeded;
+            record.output = Some(output);
+        }
+        Err(error) => {
+            record.status = StepStatus::Failed;
+            record.error = Some(error);
+        }
+    }
+    record
+}
+
+fn failed(mut record: StepRecord, kind: &str, message: String, started: Instant) -> StepRecord {
+    record.status = StepStatus::Failed;
+    record.duration_us = started.elapsed().as_micros() as u64;
+    record.error = Some(StepError {
+        kind: kind.to_string(),
+        message,
+    });
+    record
+}
+
+/// Evaluates the playbook's `case` section against the finished run.
+/// Returns the values that are set, by field name, and the errors met.
+pub(crate) fn case_fields(
+    templates: &Templates,
+    playbook: &Playbook,
+    context: &Value,
+) -> (Map<String, Value>, Vec<String>) {
+    let fields = [
+        ("observables", &playbook.case.observables),
+        ("intel_hits", &playbook.case.intel_hits),
+        ("verdicts", &playbook.case.verdicts),
+        ("severity", &playbook.case.severity),
+        ("priority", &playbook.case.priority),
+        ("score", &playbook.case.score),
+    ];
+    let mut values = Map::new();
+    let mut errors = Vec::new();
+    for (name, template) in fields {
+        let Some(template) = template else { continue };
+        match templates.render(&Value::String(template.clone()), context) {
+            Ok(Value::Null) => {}
+            Ok(value) => {
+                values.insert(name.to_string(), value);
+            }
+            Err(error) => errors.push(format!("case.{name}: {error}")),
+        }
+    }
+    (values, errors)
+}
