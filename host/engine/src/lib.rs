@@ -15,6 +15,7 @@ use chrono::Utc;
 use palisade_model::{Alert, Case, Observable, RunRecord, RunStatus, Severity};
 use palisade_store::{Store, StoreError};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 pub use crate::playbook::{CaseUpdate, OnError, Playbook, PlaybookError, Step, Trigger};
 pub use crate::runner::{PluginCaller, StepOutcome};
@@ -102,25 +103,59 @@ impl<C: PluginCaller> Engine<C> {
             .collect()
     }
 
-    /// Stores `alert`, adds it to its case, and runs every matching playbook.
-    /// An alert that was stored before is not run again.
-    pub async fn ingest(&self, alert: &Alert) -> Result<IngestReport, EngineError> {
+    /// Stores `alert` and adds it to its case, without running playbooks.
+    /// A new alert stays pending in the store until [`Engine::run_matching`]
+    /// has finished its runs, so a restart can resume it.
+    pub fn accept(&self, alert: &Alert) -> Result<IngestReport, EngineError> {
         let outcome = self.store.ingest_alert(alert, Utc::now())?;
-        let mut report = IngestReport {
+        Ok(IngestReport {
             alert_id: alert.id.clone(),
-            case_id: outcome.case_id.clone(),
+            case_id: outcome.case_id,
             alert_is_new: outcome.alert_is_new,
             case_is_new: outcome.case_is_new,
             runs: Vec::new(),
-        };
-        if !outcome.alert_is_new {
-            return Ok(report);
-        }
+        })
+    }
+
+    /// Runs every playbook matching `alert` for case `case_id`, then marks
+    /// the alert as no longer pending.
+    pub async fn run_matching(
+        &self,
+        alert: &Alert,
+        case_id: &str,
+    ) -> Result<Vec<(String, RunStatus)>, EngineError> {
+        let mut runs = Vec::new();
         for playbook in self.matching(alert) {
-            let run = self.run_playbook(playbook, alert, &outcome.case_id).await?;
-            report.runs.push((run.id, run.status));
+            let run = self.run_playbook(playbook, alert, case_id).await?;
+            runs.push((run.id, run.status));
+        }
+        self.store.finish_pending(&alert.id)?;
+        Ok(runs)
+    }
+
+    /// Stores `alert`, adds it to its case, and runs every matching playbook.
+    /// An alert that was stored before is not run again.
+    pub async fn ingest(&self, alert: &Alert) -> Result<IngestReport, EngineError> {
+        let mut report = self.accept(alert)?;
+        if report.alert_is_new {
+            report.runs = self.run_matching(alert, &report.case_id).await?;
         }
         Ok(report)
+    }
+
+    /// Resumes alerts that were accepted but whose runs did not finish, for
+    /// example because the daemon stopped. Returns how many were resumed.
+    pub async fn resume_pending(&self) -> Result<usize, EngineError> {
+        let pending = self.store.pending_alerts()?;
+        for alert_id in &pending {
+            let Some(alert) = self.store.alert(alert_id)? else {
+                self.store.finish_pending(alert_id)?;
+                continue;
+            };
+            let case_id = self.store.case_of_alert(alert_id)?.unwrap_or_default();
+            self.run_matching(&alert, &case_id).await?;
+        }
+        Ok(pending.len())
     }
 
     /// Runs `playbook` on `alert` for case `case_id`, journaling every step,
@@ -145,7 +180,6 @@ impl<C: PluginCaller> Engine<C> {
         self.store.put_run(&run)?;
 
         let span = tracing::debug_span!("run", run.id = %run.id, playbook = %playbook.name);
-        let _entered = span.enter();
         let mut context = runner::run_context(alert, case_id);
         let mut journal_error = None;
         let mut journal = |run: &RunRecord| {
@@ -161,6 +195,7 @@ impl<C: PluginCaller> Engine<C> {
             &mut context,
             &mut journal,
         )
+        .instrument(span)
         .await;
         if let Some(error) = journal_error {
             return Err(error.into());

@@ -55,7 +55,7 @@ pub(crate) async fn execute<C: PluginCaller>(
     playbook: &Playbook,
     run: &mut RunRecord,
     context: &mut Value,
-    journal: &mut dyn FnMut(&RunRecord),
+    journal: &mut (dyn FnMut(&RunRecord) + Send),
 ) {
     for step in &playbook.steps {
         let record = run_step(caller, templates, step, &run.id, context).await;

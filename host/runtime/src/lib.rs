@@ -38,6 +38,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, Trap};
 
@@ -189,7 +190,11 @@ impl Runtime {
 
     /// Loads the component at `path`, calls its `describe` export under
     /// `grant`, and registers it under the name it reports.
-    pub async fn load(&self, path: &Path, grant_for: impl Fn(&str) -> Grant) -> Result<Arc<LoadedPlugin>, LoadError> {
+    pub async fn load(
+        &self,
+        path: &Path,
+        grant_for: impl Fn(&str) -> Grant,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
             source,
@@ -200,13 +205,13 @@ impl Runtime {
                 path: path.to_path_buf(),
                 message,
             })?;
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|error| LoadError::Link {
-                path: path.to_path_buf(),
-                message: error.to_string(),
-            })?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|error| LoadError::Link {
+                    path: path.to_path_buf(),
+                    message: error.to_string(),
+                })?;
         let pre = PluginPre::new(instance_pre).map_err(|error| LoadError::Link {
             path: path.to_path_buf(),
             message: error.to_string(),
@@ -300,8 +305,9 @@ impl Runtime {
             step.id = %context.step_id,
             plugin.name = %plugin,
         );
-        let _entered = span.enter();
-        self.invoke_loaded(&loaded, action, input).await
+        self.invoke_loaded(&loaded, action, input)
+            .instrument(span)
+            .await
     }
 
     /// Runs `action` of an already resolved plugin.
@@ -375,6 +381,40 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Instantiates and calls `action` with none of the runtime's policy:
+    /// no limiter, no epoch deadline, no timeout, no JSON parsing. This is
+    /// the baseline of the per-step overhead benchmark and must not be used
+    /// to run untrusted plugins.
+    #[doc(hidden)]
+    pub async fn invoke_unguarded(
+        &self,
+        loaded: &LoadedPlugin,
+        action: &str,
+        input: &str,
+    ) -> Result<String, String> {
+        let state = HostState::new(
+            loaded.info.name.clone(),
+            loaded.policy.clone(),
+            self.services.clone(),
+        );
+        let mut store = Store::new(&self.engine, state);
+        // The engine has epoch interruption on, so a deadline must be set;
+        // this one is never reached in a benchmark.
+        store.set_epoch_deadline(u64::MAX / 2);
+        let instance = loaded
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|error| error.to_string())?;
+        instance
+            .call_invoke(&mut store, action, input)
+            .await
+            .map_err(|error| error.to_string())?
+            .map_err(|error| format!("{error:?}"))
+    }
+}
+
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
@@ -413,7 +453,10 @@ async fn describe(
 ) -> Result<PluginInfo, CallError> {
     let policy = Arc::new(Policy::deny_all());
     let limits = policy.limits().clone();
-    let mut store = Store::new(engine, HostState::new(String::new(), policy, services.clone()));
+    let mut store = Store::new(
+        engine,
+        HostState::new(String::new(), policy, services.clone()),
+    );
     store.limiter(|state| state);
     store.set_epoch_deadline(epoch_ticks(limits.cpu_ms));
     store.epoch_deadline_trap();

@@ -78,7 +78,11 @@ pub(crate) async fn send(
 
     let method = reqwest::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| HttpError::InvalidRequest(format!("invalid method {:?}", request.method)))?;
-    if request.body.as_ref().is_some_and(|b| b.len() > MAX_REQUEST_BODY) {
+    if request
+        .body
+        .as_ref()
+        .is_some_and(|b| b.len() > MAX_REQUEST_BODY)
+    {
         return Err(HttpError::InvalidRequest(format!(
             "request body is over {MAX_REQUEST_BODY} bytes"
         )));
@@ -98,7 +102,10 @@ pub(crate) async fn send(
             .as_ref()
             .and_then(|source| source.secret(&secret.name))
             .ok_or_else(|| {
-                HttpError::Denied(format!("secret {:?} has no value on this host", secret.name))
+                HttpError::Denied(format!(
+                    "secret {:?} has no value on this host",
+                    secret.name
+                ))
             })?;
         match &secret.placement {
             SecretPlacement::Header(placement) => {
@@ -147,7 +154,10 @@ async fn read_response(
             (name.as_str().to_string(), value)
         })
         .collect();
-    if response.content_length().is_some_and(|len| len > limit as u64) {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
         return Err(HttpError::ResponseTooLarge);
     }
     let mut body = Vec::new();

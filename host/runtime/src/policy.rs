@@ -99,7 +99,9 @@ enum HostPattern {
 
 /// An origin pattern that could not be parsed.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid origin {origin:?}: {reason}; expected scheme://host[:port], such as https://api.example.com")]
+#[error(
+    "invalid origin {origin:?}: {reason}; expected scheme://host[:port], such as https://api.example.com"
+)]
 pub struct InvalidOrigin {
     pub origin: String,
     pub reason: &'static str,
@@ -246,11 +248,31 @@ mod tests {
     #[test]
     fn origin_matches_scheme_host_and_port() {
         let cases = [
-            ("https://www.virustotal.com", "https://www.virustotal.com/api/v3/files/x", true),
-            ("https://www.virustotal.com", "http://www.virustotal.com/", false),
-            ("https://www.virustotal.com", "https://www.virustotal.com:8443/", false),
-            ("https://www.virustotal.com", "https://virustotal.com/", false),
-            ("https://www.virustotal.com", "https://www.virustotal.com.evil.test/", false),
+            (
+                "https://www.virustotal.com",
+                "https://www.virustotal.com/api/v3/files/x",
+                true,
+            ),
+            (
+                "https://www.virustotal.com",
+                "http://www.virustotal.com/",
+                false,
+            ),
+            (
+                "https://www.virustotal.com",
+                "https://www.virustotal.com:8443/",
+                false,
+            ),
+            (
+                "https://www.virustotal.com",
+                "https://virustotal.com/",
+                false,
+            ),
+            (
+                "https://www.virustotal.com",
+                "https://www.virustotal.com.evil.test/",
+                false,
+            ),
             ("http://127.0.0.1:8080", "http://127.0.0.1:8080/x", true),
             ("http://127.0.0.1:8080", "http://127.0.0.1:8081/x", false),
             ("http://127.0.0.1:8080", "http://127.0.0.1/x", false),
@@ -276,7 +298,10 @@ mod tests {
             "https://example.com:notaport",
             "https://",
         ] {
-            assert!(OriginPattern::parse(origin).is_err(), "{origin} was accepted");
+            assert!(
+                OriginPattern::parse(origin).is_err(),
+                "{origin} was accepted"
+            );
         }
     }
 

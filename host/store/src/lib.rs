@@ -48,6 +48,17 @@ pub trait Store: Send + Sync {
     /// stored changes nothing.
     fn ingest_alert(&self, alert: &Alert, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError>;
 
+    /// Ids of alerts that were accepted but whose playbook runs have not
+    /// all finished, oldest first. [`Store::ingest_alert`] adds an alert
+    /// here in the same transaction that stores it.
+    fn pending_alerts(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Removes alert `id` from the pending list once its runs are done.
+    fn finish_pending(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Id of the case alert `id` joined.
+    fn case_of_alert(&self, id: &str) -> Result<Option<String>, StoreError>;
+
     fn alert(&self, id: &str) -> Result<Option<Alert>, StoreError>;
 
     fn case(&self, id: &str) -> Result<Option<Case>, StoreError>;

@@ -5,6 +5,8 @@
 //! - `alert_cases`: alert id to the id of the case it joined;
 //! - `cases`: case id (`C` and eight digits, in creation order) to the case;
 //! - `open_cases`: fingerprint to the id of the open case with it;
+//! - `pending`: sequence number to the id of an accepted alert whose runs
+//!   have not finished;
 //! - `runs`: run id (`R` and eight digits) to the run record;
 //! - `kv`: plugin name, a zero byte, then the plugin's key, to the value.
 
@@ -26,6 +28,7 @@ pub struct SledStore {
     alert_cases: sled::Tree,
     cases: sled::Tree,
     open_cases: sled::Tree,
+    pending: sled::Tree,
     runs: sled::Tree,
     kv: sled::Tree,
 }
@@ -46,6 +49,7 @@ impl SledStore {
             alert_cases: tree("alert_cases")?,
             cases: tree("cases")?,
             open_cases: tree("open_cases")?,
+            pending: tree("pending")?,
             runs: tree("runs")?,
             kv: tree("kv")?,
             db,
@@ -132,54 +136,82 @@ impl Store for SledStore {
         let alert_bytes = encode(alert);
         // Reserved outside the transaction, which may run more than once.
         let fresh_case_id = self.next_case_id()?;
-        let result = (
+        let pending_key = self.db.generate_id().map_err(database)?.to_be_bytes();
+        let trees = (
             &self.alerts,
             &self.alert_cases,
             &self.cases,
             &self.open_cases,
-        )
-            .transaction(|(alerts, alert_cases, cases, open_cases)| {
-                if alerts.get(alert.id.as_bytes())?.is_some() {
-                    let case_id = alert_cases
-                        .get(alert.id.as_bytes())?
-                        .map(|id| String::from_utf8_lossy(&id).into_owned())
-                        .unwrap_or_default();
-                    return Ok(IngestOutcome {
-                        alert_is_new: false,
-                        case_id,
-                        case_is_new: false,
-                    });
-                }
-                let existing = match open_cases.get(alert.fingerprint.as_bytes())? {
-                    Some(case_id) => cases
-                        .get(&case_id)?
-                        .map(|bytes| decode::<Case>("cases", &case_id, &bytes))
-                        .transpose()
-                        .map_err(ConflictableTransactionError::Abort)?,
-                    None => None,
-                };
-                let case_is_new = existing.is_none();
-                let mut case =
-                    existing.unwrap_or_else(|| new_case(fresh_case_id.clone(), alert, now));
-                case.alert_ids.push(alert.id.clone());
-                case.severity = case.severity.max(alert.severity);
-                case.record(
-                    "alert_added",
-                    format!("alert {} ({})", alert.id, alert.rule.name),
-                    now,
-                );
+            &self.pending,
+        );
+        let result = trees.transaction(|(alerts, alert_cases, cases, open_cases, pending)| {
+            if alerts.get(alert.id.as_bytes())?.is_some() {
+                let case_id = alert_cases
+                    .get(alert.id.as_bytes())?
+                    .map(|id| String::from_utf8_lossy(&id).into_owned())
+                    .unwrap_or_default();
+                return Ok(IngestOutcome {
+                    alert_is_new: false,
+                    case_id,
+                    case_is_new: false,
+                });
+            }
+            let existing = match open_cases.get(alert.fingerprint.as_bytes())? {
+                Some(case_id) => cases
+                    .get(&case_id)?
+                    .map(|bytes| decode::<Case>("cases", &case_id, &bytes))
+                    .transpose()
+                    .map_err(ConflictableTransactionError::Abort)?,
+                None => None,
+            };
+            let case_is_new = existing.is_none();
+            let mut case = existing.unwrap_or_else(|| new_case(fresh_case_id.clone(), alert, now));
+            case.alert_ids.push(alert.id.clone());
+            case.severity = case.severity.max(alert.severity);
+            case.record(
+                "alert_added",
+                format!("alert {} ({})", alert.id, alert.rule.name),
+                now,
+            );
 
-                alerts.insert(alert.id.as_bytes(), alert_bytes.as_slice())?;
-                alert_cases.insert(alert.id.as_bytes(), case.id.as_bytes())?;
-                cases.insert(case.id.as_bytes(), encode(&case))?;
-                open_cases.insert(alert.fingerprint.as_bytes(), case.id.as_bytes())?;
-                Ok(IngestOutcome {
-                    alert_is_new: true,
-                    case_id: case.id,
-                    case_is_new,
-                })
-            });
+            alerts.insert(alert.id.as_bytes(), alert_bytes.as_slice())?;
+            alert_cases.insert(alert.id.as_bytes(), case.id.as_bytes())?;
+            cases.insert(case.id.as_bytes(), encode(&case))?;
+            open_cases.insert(alert.fingerprint.as_bytes(), case.id.as_bytes())?;
+            pending.insert(&pending_key, alert.id.as_bytes())?;
+            Ok(IngestOutcome {
+                alert_is_new: true,
+                case_id: case.id,
+                case_is_new,
+            })
+        });
         result.map_err(transaction_error)
+    }
+
+    fn pending_alerts(&self) -> Result<Vec<String>, StoreError> {
+        self.pending
+            .iter()
+            .values()
+            .map(|id| Ok(String::from_utf8_lossy(&id.map_err(database)?).into_owned()))
+            .collect()
+    }
+
+    fn finish_pending(&self, id: &str) -> Result<(), StoreError> {
+        for entry in self.pending.iter() {
+            let (key, value) = entry.map_err(database)?;
+            if value.as_ref() == id.as_bytes() {
+                self.pending.remove(key).map_err(database)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn case_of_alert(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .alert_cases
+            .get(id.as_bytes())
+            .map_err(database)?
+            .map(|case_id| String::from_utf8_lossy(&case_id).into_owned()))
     }
 
     fn alert(&self, id: &str) -> Result<Option<Alert>, StoreError> {
@@ -387,6 +419,18 @@ mod tests {
                 .unwrap()
                 .alert_is_new
         );
+    }
+
+    #[test]
+    fn accepted_alert_is_pending_until_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let alert = alert(FIM);
+        store.ingest_alert(&alert, Utc::now()).unwrap();
+        store.ingest_alert(&alert, Utc::now()).unwrap();
+        assert_eq!(store.pending_alerts().unwrap(), vec![alert.id.clone()]);
+        store.finish_pending(&alert.id).unwrap();
+        assert!(store.pending_alerts().unwrap().is_empty());
     }
 
     #[test]

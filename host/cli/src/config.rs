@@ -1,0 +1,163 @@
+//! The operator's configuration file, `palisade.toml`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use palisade_runtime::{Grant, SecretSource, SecretValue};
+use serde::Deserialize;
+
+/// Default address of `palisade serve`: loopback only, so a fresh install is
+/// not reachable from the network.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
+
+/// Where a secret's value comes from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    /// Environment variable that holds the value.
+    pub env: String,
+}
+
+/// The whole configuration file. Relative paths are relative to the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_plugins_dir")]
+    pub plugins_dir: PathBuf,
+    #[serde(default = "default_playbooks_dir")]
+    pub playbooks_dir: PathBuf,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretConfig>,
+    /// Grants by plugin name. A plugin with no entry is granted nothing.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Grant>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("palisade-data")
+}
+
+fn default_plugins_dir() -> PathBuf {
+    PathBuf::from("plugins/target/wasm32-wasip2/release")
+}
+
+fn default_playbooks_dir() -> PathBuf {
+    PathBuf::from("playbooks")
+}
+
+fn default_listen() -> SocketAddr {
+    // The constant is a valid socket address.
+    DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            plugins_dir: default_plugins_dir(),
+            playbooks_dir: default_playbooks_dir(),
+            listen: default_listen(),
+            secrets: BTreeMap::new(),
+            plugins: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or returns the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
+            .with_context(|| format!("invalid configuration file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for dir in [
+            &mut config.data_dir,
+            &mut config.plugins_dir,
+            &mut config.playbooks_dir,
+        ] {
+            if dir.is_relative() {
+                *dir = base.join(&*dir);
+            }
+        }
+        Ok(config)
+    }
+
+    /// The grant for plugin `name`: its entry, or nothing.
+    pub fn grant(&self, name: &str) -> Grant {
+        self.plugins.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// Secrets read from environment variables named in the configuration.
+pub struct EnvSecrets {
+    variables: BTreeMap<String, String>,
+}
+
+impl EnvSecrets {
+    pub fn new(secrets: &BTreeMap<String, SecretConfig>) -> Self {
+        Self {
+            variables: secrets
+                .iter()
+                .map(|(name, config)| (name.clone(), config.env.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl SecretSource for EnvSecrets {
+    fn secret(&self, name: &str) -> Option<SecretValue> {
+        let variable = self.variables.get(name)?;
+        std::env::var(variable)
+            .ok()
+            .filter(|value| !value.is_empty())
+            .map(SecretValue::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_parse_from_toml() {
+        let text = r#"
+            [secrets.virustotal-api-key]
+            env = "VT_API_KEY"
+
+            [plugins.virustotal]
+            http_origins = ["https://www.virustotal.com"]
+            config = { base_url = "https://www.virustotal.com" }
+            limits = { wall_ms = 3000 }
+
+            [[plugins.virustotal.secrets]]
+            name = "virustotal-api-key"
+            origins = ["https://www.virustotal.com"]
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        let grant = config.grant("virustotal");
+        assert_eq!(grant.http_origins, ["https://www.virustotal.com"]);
+        assert_eq!(grant.secrets[0].name, "virustotal-api-key");
+        assert_eq!(grant.limits.wall_ms, 3000);
+        assert_eq!(
+            grant.limits.cpu_ms,
+            palisade_runtime::Limits::default().cpu_ms
+        );
+        assert!(config.grant("unknown").http_origins.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let error = toml::from_str::<Config>("[plugins.x]\nhttp_orgins = []\n").unwrap_err();
+        assert!(error.to_string().contains("http_orgins"), "{error}");
+    }
+}

@@ -1,0 +1,180 @@
+//! Wiring: the store, the runtime and the engine, built from a [`Config`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use palisade_engine::{Engine, Playbook, PluginCaller, StepOutcome};
+use palisade_model::StepError;
+use palisade_runtime::{CallContext, KeyValueStore, Runtime, RuntimeConfig};
+use palisade_store::{SledStore, Store};
+use serde_json::Value;
+
+use crate::config::{Config, EnvSecrets};
+
+/// The engine's view of the sandboxed runtime.
+pub struct RuntimeCaller {
+    pub runtime: Runtime,
+}
+
+impl PluginCaller for RuntimeCaller {
+    async fn call(
+        &self,
+        plugin: &str,
+        action: &str,
+        input: &Value,
+        run_id: &str,
+        step_id: &str,
+    ) -> StepOutcome {
+        let context = CallContext {
+            run_id: run_id.to_string(),
+            step_id: step_id.to_string(),
+        };
+        let (result, report) = match self.runtime.invoke(plugin, action, input, &context).await {
+            Ok(call) => (Ok(call.output), call.report),
+            Err(failure) => {
+                tracing::debug!(run.id = %run_id, step.id = %step_id, plugin.name = %plugin, error = %failure.error, "plugin call failed");
+                let error = StepError {
+                    kind: failure.error.kind().to_string(),
+                    message: failure.error.to_string(),
+                };
+                (Err(error), failure.report)
+            }
+        };
+        StepOutcome {
+            result,
+            plugin_version: (!report.plugin_version.is_empty()).then_some(report.plugin_version),
+            duration_us: report.duration_us,
+            logs: serde_json::to_value(&report.logs).unwrap_or_default(),
+            http_calls: serde_json::to_value(&report.http_calls).unwrap_or_default(),
+        }
+    }
+
+    fn actions(&self, plugin: &str) -> Option<Vec<String>> {
+        self.runtime.plugin(plugin).map(|loaded| {
+            loaded
+                .info
+                .actions
+                .iter()
+                .map(|action| action.name.clone())
+                .collect()
+        })
+    }
+}
+
+/// Plugin key-value namespaces kept in the store.
+struct StoreKeyValue(Arc<SledStore>);
+
+impl KeyValueStore for StoreKeyValue {
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0.kv_get(namespace, key).map_err(|e| e.to_string())
+    }
+
+    fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        self.0
+            .kv_set(namespace, key, value)
+            .map_err(|e| e.to_string())
+    }
+
+    fn delete(&self, namespace: &str, key: &str) -> Result<(), String> {
+        self.0.kv_delete(namespace, key).map_err(|e| e.to_string())
+    }
+
+    fn list_keys(
+        &self,
+        namespace: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, String> {
+        self.0
+            .kv_list(namespace, prefix, limit)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Everything a command needs.
+pub struct Host {
+    pub store: Arc<SledStore>,
+    pub engine: Engine<RuntimeCaller>,
+    pub caller: Arc<RuntimeCaller>,
+}
+
+/// Opens the database at the configured data directory.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<SledStore>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = SledStore::open(&config.data_dir.join("db"))?;
+    Ok(Arc::new(store))
+}
+
+/// Opens the store, loads the plugins and the playbooks, and builds the
+/// engine. `playbooks` overrides the configured playbooks directory and may
+/// name one file.
+pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<Host> {
+    let store = open_store(config)?;
+    let kv: Arc<dyn KeyValueStore> = Arc::new(StoreKeyValue(store.clone()));
+    let runtime = Runtime::new(
+        RuntimeConfig {
+            cache_dir: Some(config.data_dir.join("cache")),
+        },
+        Some(kv),
+        Some(Arc::new(EnvSecrets::new(&config.secrets))),
+    )?;
+    if !config.plugins_dir.is_dir() {
+        anyhow::bail!(
+            "plugin directory {} does not exist; build the plugins with `cargo xtask build-plugins` or set `plugins_dir` in palisade.toml",
+            config.plugins_dir.display()
+        );
+    }
+    let loaded = runtime
+        .load_dir(&config.plugins_dir, |name| config.grant(name))
+        .await?;
+    tracing::info!(count = loaded.len(), dir = %config.plugins_dir.display(), "plugins loaded");
+
+    let playbooks = load_playbooks(playbooks.unwrap_or(&config.playbooks_dir))?;
+    let caller = Arc::new(RuntimeCaller { runtime });
+    let store_dyn: Arc<dyn Store> = store.clone();
+    let engine = Engine::new(store_dyn, caller.clone(), playbooks)?;
+    Ok(Host {
+        store,
+        engine,
+        caller,
+    })
+}
+
+fn load_playbooks(path: &Path) -> anyhow::Result<Vec<Playbook>> {
+    let playbooks = if path.is_dir() {
+        Playbook::load_dir(path)?
+    } else {
+        vec![Playbook::load(path)?]
+    };
+    if playbooks.is_empty() {
+        anyhow::bail!(
+            "no playbooks in {}; add a .yaml playbook or name one file",
+            path.display()
+        );
+    }
+    Ok(playbooks)
+}
+
+/// Loads the plugins without opening the database, for commands that only
+/// inspect plugins and may run beside a daemon that holds the database.
+pub async fn build_runtime_only(config: &Config) -> anyhow::Result<Runtime> {
+    let runtime = Runtime::new(
+        RuntimeConfig {
+            cache_dir: Some(config.data_dir.join("cache")),
+        },
+        None,
+        None,
+    )?;
+    runtime
+        .load_dir(&config.plugins_dir, |name| config.grant(name))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot load plugins from {}; build them with `cargo xtask build-plugins`",
+                config.plugins_dir.display()
+            )
+        })?;
+    Ok(runtime)
+}

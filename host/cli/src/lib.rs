@@ -1,0 +1,278 @@
+//! The `palisade` command: one-shot runs, the daemon, and read-back of
+//! cases, runs and plugins. Commands parse arguments and format output; the
+//! work happens in the engine they share with the HTTP API.
+
+pub mod bench;
+pub mod config;
+pub mod host;
+mod output;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use palisade_model::{Alert, parse_alerts};
+use palisade_runtime::CallContext;
+use palisade_store::Store;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+
+/// Palisade: a SOAR host that runs every playbook step as a sandboxed
+/// WebAssembly component.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Configuration file (TOML). Without it, defaults apply and no plugin
+    /// is granted any capability.
+    #[arg(long, short, global = true, env = "PALISADE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Data directory for the database and the compiled-plugin cache;
+    /// overrides `data_dir` in the configuration.
+    #[arg(long, global = true, env = "PALISADE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Log debug detail to standard error.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ingest alerts from files, run matching playbooks, and print the cases.
+    Run {
+        /// A playbook file, or a directory of playbooks (the default is the
+        /// configured `playbooks_dir`).
+        playbook: Option<PathBuf>,
+        /// Alert file: a JSON document, a JSON array, JSON lines, or
+        /// Suricata EVE lines. Repeat for several files.
+        #[arg(long = "alerts", required = true)]
+        alerts: Vec<PathBuf>,
+        /// Threat-intelligence file to load first: a STIX 2.1 bundle
+        /// (.json) or a CSV block list (.csv). Repeat for several files.
+        #[arg(long = "intel")]
+        intel: Vec<PathBuf>,
+        /// Print the cases as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the daemon: accept alerts over HTTP and run playbooks on them.
+    Serve {
+        /// Address to listen on; overrides `listen` in the configuration.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// List cases, or show one case.
+    Cases {
+        /// Case id to show in full.
+        id: Option<String>,
+        /// Read from a running daemon at this URL instead of the database.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run with its steps.
+    Runs {
+        /// Run id; without it, list all runs.
+        id: Option<String>,
+        /// Read from a running daemon at this URL instead of the database.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect loaded plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Load threat-intelligence files into the ti-matcher plugin.
+    Intel {
+        /// STIX 2.1 bundles (.json) or CSV block lists (.csv).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Measure per-step overhead against a bare wasmtime instantiate and call.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// List loaded plugins with their versions and actions.
+    List,
+    /// Show a plugin's actions and its requested versus granted capabilities.
+    Show { name: String },
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(data_dir) = cli.data_dir {
+        config.data_dir = data_dir;
+    }
+    match cli.command {
+        Command::Run {
+            playbook,
+            alerts,
+            intel,
+            json,
+        } => run_once(&config, playbook.as_deref(), &alerts, &intel, json).await,
+        Command::Serve { listen } => {
+            let listen = listen.unwrap_or(config.listen);
+            server::serve(&config, listen, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cases { id, server, json } => {
+            output::cases(&config, id.as_deref(), server.as_deref(), json).await
+        }
+        Command::Runs { id, server, json } => {
+            output::runs(&config, id.as_deref(), server.as_deref(), json).await
+        }
+        Command::Plugin { command } => plugin_command(&config, command).await,
+        Command::Intel { files } => {
+            let host = host::build(&config, None).await?;
+            load_intel(&host, &files).await?;
+            host.store.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => bench::run(&config, args).await,
+    }
+}
+
+async fn shutdown_signal() {
+    // If the signal handler cannot be installed the daemon runs until killed.
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn run_once(
+    config: &Config,
+    playbook: Option<&Path>,
+    alert_files: &[PathBuf],
+    intel: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let host = host::build(config, playbook).await?;
+    load_intel(&host, intel).await?;
+
+    let mut rejected = 0;
+    let mut case_ids = Vec::new();
+    for file in alert_files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read alert file {}", file.display()))?;
+        for parsed in parse_alerts(&text) {
+            let alert: Alert = match parsed {
+                Ok(alert) => alert,
+                Err(error) => {
+                    eprintln!("skipped {}: {error}", file.display());
+                    rejected += 1;
+                    continue;
+                }
+            };
+            let report = host.engine.ingest(&alert).await?;
+            if !case_ids.contains(&report.case_id) {
+                case_ids.push(report.case_id.clone());
+            }
+        }
+    }
+    host.store.flush()?;
+
+    let mut cases = Vec::new();
+    for id in &case_ids {
+        if let Some(case) = host.store.case(id)? {
+            cases.push(case);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cases)?);
+    } else {
+        print!("{}", output::case_table(&cases));
+    }
+    Ok(if rejected > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Loads STIX bundles and CSV block lists through the ti-matcher plugin.
+async fn load_intel(host: &host::Host, files: &[PathBuf]) -> anyhow::Result<()> {
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read intel file {}", file.display()))?;
+        let source = file
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let is_csv = file.extension().is_some_and(|ext| ext == "csv");
+        let (action, input) = if is_csv {
+            ("load-csv", json!({ "csv": text, "source": source }))
+        } else {
+            let bundle: Value = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "intel file {} is not JSON; expected a STIX 2.1 bundle or a .csv block list",
+                    file.display()
+                )
+            })?;
+            ("load-stix", json!({ "bundle": bundle, "source": source }))
+        };
+        let context = CallContext {
+            run_id: "intel-load".into(),
+            step_id: source.clone(),
+        };
+        let result = host
+            .caller
+            .runtime
+            .invoke("ti-matcher", action, &input, &context)
+            .await
+            .map_err(|failure| {
+                anyhow::anyhow!("loading {} failed: {}", file.display(), failure.error)
+            })?;
+        let loaded = result
+            .output
+            .get("loaded")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        eprintln!("loaded {loaded} indicators from {}", file.display());
+    }
+    Ok(())
+}
+
+async fn plugin_command(config: &Config, command: PluginCommand) -> anyhow::Result<ExitCode> {
+    let host = host::build_runtime_only(config).await?;
+    match command {
+        PluginCommand::List => {
+            for plugin in host.plugins() {
+                let actions: Vec<&str> = plugin
+                    .info
+                    .actions
+                    .iter()
+                    .map(|action| action.name.as_str())
+                    .collect();
+                println!(
+                    "{:<16} {:<8} {}",
+                    plugin.info.name,
+                    plugin.info.version,
+                    actions.join(", ")
+                );
+            }
+        }
+        PluginCommand::Show { name } => {
+            let plugin = host.plugin(&name).with_context(|| {
+                format!(
+                    "plugin {name:?} is not loaded; `palisade plugin list` shows the loaded ones"
+                )
+            })?;
+            print!("{}", output::plugin_detail(&plugin));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,305 @@
+//! Human-readable output of cases, runs and plugins.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use palisade_model::{Case, RunRecord, StepStatus};
+use palisade_runtime::LoadedPlugin;
+use palisade_store::Store;
+use serde_json::Value;
+
+use crate::config::Config;
+
+/// Formats cases as a table, each followed by its observables, threat-intel
+/// hits and verdicts.
+pub fn case_table(cases: &[Case]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<9} {:<13} {:<4} {:>5} {:>6}  TITLE",
+        "CASE", "SOURCE", "SEVERITY", "PRIO", "SCORE", "ALERTS"
+    );
+    for case in cases {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<9} {:<13} {:<4} {:>5} {:>6}  {}",
+            case.id,
+            case.source,
+            case.severity.as_str(),
+            case.priority.as_deref().unwrap_or("-"),
+            case.score
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+            case.alert_ids.len(),
+            case.title,
+        );
+        for observable in &case.observables {
+            let scope = if observable.internal {
+                " (internal)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "{:>12} {:<7} {}{scope}",
+                "", observable.kind, observable.value
+            );
+        }
+        for hit in &case.intel_hits {
+            let _ = writeln!(out, "{:>12} intel   {}", "", describe_hit(hit));
+        }
+        for verdict in &case.verdicts {
+            let _ = writeln!(out, "{:>12} verdict {}", "", describe_verdict(verdict));
+        }
+    }
+    out
+}
+
+fn describe_hit(hit: &Value) -> String {
+    let names: Vec<String> = hit
+        .get("indicators")
+        .and_then(Value::as_array)
+        .map(|indicators| {
+            indicators
+                .iter()
+                .map(|indicator| {
+                    let name = indicator.get("name").and_then(Value::as_str).unwrap_or("");
+                    let source = indicator
+                        .get("source")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    format!("{name} [{source}]")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} {} matches {}",
+        str_field(hit, "type"),
+        str_field(hit, "value"),
+        names.join("; ")
+    )
+}
+
+fn describe_verdict(verdict: &Value) -> String {
+    let stats = verdict.get("stats");
+    let count = |name| {
+        stats
+            .and_then(|s| s.get(name))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    format!(
+        "{} {}: {} ({} malicious, {} suspicious, {} harmless, {} undetected)",
+        str_field(verdict, "type"),
+        str_field(verdict, "value"),
+        str_field(verdict, "verdict"),
+        count("malicious"),
+        count("suspicious"),
+        count("harmless"),
+        count("undetected"),
+    )
+}
+
+fn str_field<'a>(value: &'a Value, name: &str) -> &'a str {
+    value.get(name).and_then(Value::as_str).unwrap_or("?")
+}
+
+/// Formats one run: each step with status, duration and error.
+pub fn run_detail(run: &RunRecord) -> String {
+    let mut out = String::new();
+    let status = serde_json::to_value(run.status).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "run {} of {} on alert {} (case {}): {}",
+        run.id,
+        run.playbook,
+        run.alert_id,
+        run.case_id,
+        status.as_str().unwrap_or("?")
+    );
+    for step in &run.steps {
+        let status = match step.status {
+            StepStatus::Succeeded => "ok",
+            StepStatus::Failed => "FAILED",
+            StepStatus::Skipped => "skipped",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<28} {:<8} {:>9} us  {}",
+            step.id,
+            step.uses,
+            status,
+            step.duration_us,
+            step.plugin_version.as_deref().unwrap_or("")
+        );
+        if let Some(error) = &step.error {
+            let _ = writeln!(out, "  {:>12} {}: {}", "", error.kind, error.message);
+        }
+    }
+    if let Some(error) = &run.error {
+        let _ = writeln!(out, "  run failed: {}", error.message);
+    }
+    out
+}
+
+/// Formats a plugin's actions and its requested versus granted
+/// capabilities.
+pub fn plugin_detail(plugin: &LoadedPlugin) -> String {
+    let info = &plugin.info;
+    let grant = &plugin.policy.grant;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} {}: {}", info.name, info.version, info.description);
+    let _ = writeln!(
+        out,
+        "file    {} (sha256 {})",
+        plugin.path.display(),
+        plugin.digest
+    );
+    let _ = writeln!(out, "actions");
+    for action in &info.actions {
+        let effects = if action.side_effects {
+            " [side effects]"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "  {:<16} {}{effects}", action.name, action.description);
+    }
+    let requested = &info.capabilities;
+    let granted_secrets: Vec<&str> = grant.secrets.iter().map(|s| s.name.as_str()).collect();
+    let granted_config: Vec<&str> = grant.config.keys().map(String::as_str).collect();
+    let _ = writeln!(out, "capability    requested / granted");
+    let _ = writeln!(
+        out,
+        "  http        {} / {}",
+        list(&requested.http_origins),
+        list(&grant.http_origins)
+    );
+    let _ = writeln!(
+        out,
+        "  secrets     {} / {}",
+        list(&requested.secrets),
+        granted_secrets.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  key-value   {} / {}",
+        requested.key_value, grant.key_value
+    );
+    let _ = writeln!(
+        out,
+        "  config      {} / {}",
+        list(&requested.config),
+        granted_config.join(", ")
+    );
+    let limits = &grant.limits;
+    let _ = writeln!(
+        out,
+        "limits        memory {} MiB, cpu {} ms, wall {} ms, output {} KiB",
+        limits.memory_bytes >> 20,
+        limits.cpu_ms,
+        limits.wall_ms,
+        limits.output_bytes >> 10
+    );
+    out
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// `palisade cases`: from the database, or from a daemon with `server`.
+pub async fn cases(
+    config: &Config,
+    id: Option<&str>,
+    server: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let cases: Vec<Case> = match server {
+        Some(server) => {
+            let path = match id {
+                Some(id) => format!("/v1/cases/{id}"),
+                None => "/v1/cases".into(),
+            };
+            let body = fetch(server, &path).await?;
+            if id.is_some() {
+                vec![serde_json::from_value(body)?]
+            } else {
+                serde_json::from_value(body)?
+            }
+        }
+        None => {
+            let store = crate::host::open_store(config)?;
+            match id {
+                Some(id) => vec![store.case(id)?.with_context(|| {
+                    format!("case {id:?} not found; `palisade cases` lists them")
+                })?],
+                None => store.cases()?,
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cases)?);
+    } else {
+        print!("{}", case_table(&cases));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `palisade runs`: from the database, or from a daemon with `server`.
+pub async fn runs(
+    config: &Config,
+    id: Option<&str>,
+    server: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let runs: Vec<RunRecord> = match server {
+        Some(server) => {
+            let path = match id {
+                Some(id) => format!("/v1/runs/{id}"),
+                None => "/v1/runs".into(),
+            };
+            let body = fetch(server, &path).await?;
+            if id.is_some() {
+                vec![serde_json::from_value(body)?]
+            } else {
+                serde_json::from_value(body)?
+            }
+        }
+        None => {
+            let store = crate::host::open_store(config)?;
+            match id {
+                Some(id) => vec![store.run(id)?.with_context(|| {
+                    format!("run {id:?} not found; `palisade runs` lists them")
+                })?],
+                None => store.runs()?,
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+    } else {
+        for run in &runs {
+            print!("{}", run_detail(run));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fetch(server: &str, path: &str) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let response = reqwest::get(&url).await.with_context(|| {
+        format!("cannot reach the daemon at {server}; is `palisade serve` running?")
+    })?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        anyhow::bail!("{url} returned {status}: {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("{url} returned invalid JSON"))
+}
