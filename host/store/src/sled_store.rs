@@ -3,11 +3,13 @@
 //! Trees and their keys:
 //! - `alerts`: alert id to the alert;
 //! - `alert_cases`: alert id to the id of the case it joined;
-//! - `cases`: case id (`C` and eight digits, in creation order) to the case;
+//! - `cases`: case id (`C` and eight digits, in creation order) to the case,
+//!   and the case counter under a key that sorts last;
 //! - `open_cases`: fingerprint to the id of the open case with it;
 //! - `pending`: sequence number to the id of an accepted alert whose runs
 //!   have not finished;
 //! - `runs`: run id (`R` and eight digits) to the run record;
+//! - `counters`: sequence name to the last number handed out;
 //! - `kv`: plugin name, a zero byte, then the plugin's key, to the value.
 
 use std::path::Path;
@@ -31,7 +33,12 @@ pub struct SledStore {
     pending: sled::Tree,
     runs: sled::Tree,
     kv: sled::Tree,
+    counters: sled::Tree,
 }
+
+/// Key of the case counter in the `cases` tree. It sorts after every case
+/// id, which starts with `C`.
+const CASE_COUNTER: &[u8] = b"~case-counter";
 
 impl SledStore {
     /// Opens or creates the database in directory `path`.
@@ -52,6 +59,7 @@ impl SledStore {
             pending: tree("pending")?,
             runs: tree("runs")?,
             kv: tree("kv")?,
+            counters: tree("counters")?,
             db,
         })
     }
@@ -70,6 +78,10 @@ impl SledStore {
             self.db.generate_id().map_err(database)? + 1
         ))
     }
+}
+
+fn decode_counter(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
 fn database(error: sled::Error) -> StoreError {
@@ -135,7 +147,6 @@ impl Store for SledStore {
     fn ingest_alert(&self, alert: &Alert, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError> {
         let alert_bytes = encode(alert);
         // Reserved outside the transaction, which may run more than once.
-        let fresh_case_id = self.next_case_id()?;
         let pending_key = self.db.generate_id().map_err(database)?.to_be_bytes();
         let trees = (
             &self.alerts,
@@ -165,7 +176,16 @@ impl Store for SledStore {
                 None => None,
             };
             let case_is_new = existing.is_none();
-            let mut case = existing.unwrap_or_else(|| new_case(fresh_case_id.clone(), alert, now));
+            let mut case = match existing {
+                Some(case) => case,
+                None => {
+                    // The case counter lives in the `cases` tree so that a
+                    // number is taken only when a case is really created.
+                    let number = cases.get(CASE_COUNTER)?.map_or(0, |b| decode_counter(&b)) + 1;
+                    cases.insert(CASE_COUNTER, &number.to_be_bytes())?;
+                    new_case(format!("C{number:08}"), alert, now)
+                }
+            };
             case.alert_ids.push(alert.id.clone());
             case.severity = case.severity.max(alert.severity);
             case.record(
@@ -233,6 +253,7 @@ impl Store for SledStore {
     fn cases(&self) -> Result<Vec<Case>, StoreError> {
         self.cases
             .iter()
+            .filter(|entry| !matches!(entry, Ok((key, _)) if key.as_ref() == CASE_COUNTER))
             .map(|entry| {
                 let (key, bytes) = entry.map_err(database)?;
                 decode("cases", &key, &bytes)
@@ -385,6 +406,22 @@ mod tests {
         assert_eq!(first.case_id, second.case_id);
         let case = store.case(&first.case_id).unwrap().unwrap();
         assert_eq!(case.alert_ids.len(), 2);
+    }
+
+    #[test]
+    fn case_ids_count_up_without_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let first = store.ingest_alert(&alert(FIM), Utc::now()).unwrap();
+        store.ingest_alert(&alert(FIM_AGAIN), Utc::now()).unwrap();
+        let other = FIM.replace("\"554\"", "\"550\"");
+        let second = store.ingest_alert(&alert(&other), Utc::now()).unwrap();
+        assert_eq!(first.case_id, "C00000001");
+        assert_eq!(second.case_id, "C00000002");
+        let ids: Vec<String> = store.cases().unwrap().into_iter().map(|c| c.id).collect();
+        assert_eq!(ids, ["C00000001", "C00000002"]);
+        assert_eq!(store.next_run_id().unwrap(), "R00000001");
+        assert_eq!(store.next_run_id().unwrap(), "R00000002");
     }
 
     #[test]
