@@ -64,19 +64,15 @@ impl SledStore {
         })
     }
 
-    /// Returns a new run id, unique in this database.
-    pub fn next_run_id(&self) -> Result<String, StoreError> {
-        Ok(format!(
-            "R{:08}",
-            self.db.generate_id().map_err(database)? + 1
-        ))
-    }
-
-    fn next_case_id(&self) -> Result<String, StoreError> {
-        Ok(format!(
-            "C{:08}",
-            self.db.generate_id().map_err(database)? + 1
-        ))
+    fn next_sequence(&self, name: &str) -> Result<u64, StoreError> {
+        let next = self
+            .counters
+            .update_and_fetch(name, |current| {
+                let value = current.map_or(0, decode_counter) + 1;
+                Some(value.to_be_bytes().to_vec())
+            })
+            .map_err(database)?;
+        Ok(next.as_deref().map_or(1, decode_counter))
     }
 }
 
@@ -288,10 +284,7 @@ impl Store for SledStore {
     }
 
     fn next_run_id(&self) -> Result<String, StoreError> {
-        Ok(format!(
-            "R{:08}",
-            self.db.generate_id().map_err(database)? + 1
-        ))
+        Ok(format!("R{:08}", self.next_sequence("run")?))
     }
 
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
