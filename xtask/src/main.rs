@@ -1,1 +1,172 @@
-fn main() {}
+//! Build tasks for Palisade, run as `cargo xtask <task>`:
+//!
+//! - `build-plugins`: add the `wasm32-wasip2` target and build every plugin
+//!   in `plugins/` as a WebAssembly component;
+//! - `demo`: build the plugins and run the bundled sample alerts through the
+//!   bundled playbooks, with VirusTotal answered by a replay of recorded
+//!   responses on 127.0.0.1;
+//! - `test`: build the plugins and run every test: the plugins' own unit
+//!   tests, then the host workspace's tests.
+//!
+//! Only the standard library is used, so this crate builds in seconds.
+
+mod replay;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "build-plugins" => build_plugins(),
+        "demo" => demo(),
+        "test" => test(),
+        _ => Err(format!(
+            "unknown task {task:?}; use one of: build-plugins, demo, test"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root: the parent of this crate's directory.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+fn run(mut command: Command) -> Result<(), String> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .map_err(|error| format!("cannot start {shown}: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {status}"))
+    }
+}
+
+fn build_plugins() -> Result<(), String> {
+    // rust-toolchain.toml lists the target, but automatic installs can be
+    // switched off, so add it explicitly; this is a no-op when present.
+    let mut rustup = Command::new("rustup");
+    rustup
+        .current_dir(root())
+        .args(["target", "add", "wasm32-wasip2"]);
+    if let Err(message) = run(rustup) {
+        eprintln!("xtask: warning: {message}; building anyway");
+    }
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--manifest-path",
+        "plugins/Cargo.toml",
+        "--workspace",
+        "--target",
+        "wasm32-wasip2",
+        "--release",
+    ]);
+    run(build)
+}
+
+fn test() -> Result<(), String> {
+    build_plugins()?;
+    let mut plugin_tests = cargo();
+    plugin_tests.args([
+        "test",
+        "--manifest-path",
+        "plugins/Cargo.toml",
+        "--workspace",
+    ]);
+    run(plugin_tests)?;
+    let mut host_tests = cargo();
+    host_tests.args(["test", "--workspace"]);
+    run(host_tests)
+}
+
+/// Environment variable that carries the demo's placeholder API key, so a
+/// real `VT_API_KEY` in the caller's environment is never used by the demo.
+const DEMO_KEY_VARIABLE: &str = "PALISADE_DEMO_VT_KEY";
+
+fn demo() -> Result<(), String> {
+    build_plugins()?;
+    let root = root();
+    let server = replay::start(&root.join("tests/fixtures/virustotal/files"))?;
+    let address = server.address();
+    let demo_dir = root.join("target/demo");
+    std::fs::create_dir_all(&demo_dir)
+        .map_err(|error| format!("cannot create {}: {error}", demo_dir.display()))?;
+    let config_path = demo_dir.join("palisade.toml");
+    std::fs::write(&config_path, demo_config(&root, &address))
+        .map_err(|error| format!("cannot write {}: {error}", config_path.display()))?;
+
+    eprintln!("xtask: VirusTotal lookups go to a replay of recorded responses on http://{address}");
+    eprintln!(
+        "xtask: cases are kept in palisade-data/; run the demo again to see they are not duplicated"
+    );
+    let mut palisade = cargo();
+    palisade
+        .env(DEMO_KEY_VARIABLE, "replay-only-key")
+        .args(["run", "--quiet", "--bin", "palisade", "--", "--config"])
+        .arg(&config_path)
+        .args([
+            "run",
+            "--alerts",
+            "samples/wazuh/fim_virustotal_alerts.jsonl",
+            "--alerts",
+            "samples/wazuh/windows_defender_1116_alert.json",
+            "--intel",
+            "samples/intel/palisade-demo-eicar.json",
+            "--intel",
+            "samples/intel/indicators-for-C2-with-COA.json",
+        ]);
+    // Suricata's sample events are under the Elastic License 2.0 and are not
+    // in the repository; use them when the shared data folder is beside it.
+    let suricata = root.join("../shared/data/suricata/elastic-integrations_test-eve-6-0.log");
+    if suricata.is_file() {
+        palisade.arg("--alerts").arg(&suricata);
+    } else {
+        eprintln!("xtask: ../shared/data/suricata not found; running the Wazuh samples only");
+    }
+    run(palisade)
+}
+
+fn demo_config(root: &Path, address: &str) -> String {
+    let root = root.display();
+    format!(
+        r#"# Written by `cargo xtask demo`; palisade.toml at the repository root is
+# the configuration to start from.
+data_dir = "{root}/palisade-data"
+plugins_dir = "{root}/plugins/target/wasm32-wasip2/release"
+playbooks_dir = "{root}/playbooks"
+
+[secrets.virustotal-api-key]
+env = "{DEMO_KEY_VARIABLE}"
+
+[plugins.ti-matcher]
+key_value = true
+
+[plugins.virustotal]
+http_origins = ["http://{address}"]
+config = {{ base_url = "http://{address}" }}
+
+[[plugins.virustotal.secrets]]
+name = "virustotal-api-key"
+origins = ["http://{address}"]
+"#
+    )
+}
