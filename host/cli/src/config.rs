@@ -12,12 +12,13 @@ use serde::Deserialize;
 /// not reachable from the network.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
-/// Where a secret's value comes from.
+/// Where a secret's value comes from: an environment variable or a file
+/// (whose content, trimmed, is the value). Exactly one must be set.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretConfig {
-    /// Environment variable that holds the value.
-    pub env: String,
+    pub env: Option<String>,
+    pub file: Option<PathBuf>,
 }
 
 /// The whole configuration file. Relative paths are relative to the file.
@@ -79,14 +80,24 @@ impl Config {
             .with_context(|| format!("cannot read configuration file {}", path.display()))?;
         let mut config: Config = toml::from_str(&text)
             .with_context(|| format!("invalid configuration file {}", path.display()))?;
+        for (name, secret) in &config.secrets {
+            if secret.env.is_some() == secret.file.is_some() {
+                anyhow::bail!(
+                    "secret {name:?} in {} must set exactly one of `env` or `file`",
+                    path.display()
+                );
+            }
+        }
         let base = path.parent().unwrap_or(Path::new("."));
-        for dir in [
+        let secret_files = config.secrets.values_mut().filter_map(|s| s.file.as_mut());
+        let dirs = [
             &mut config.data_dir,
             &mut config.plugins_dir,
             &mut config.playbooks_dir,
-        ] {
-            if dir.is_relative() {
-                *dir = base.join(&*dir);
+        ];
+        for path in dirs.into_iter().chain(secret_files) {
+            if path.is_relative() {
+                *path = base.join(&*path);
             }
         }
         Ok(config)
@@ -98,29 +109,29 @@ impl Config {
     }
 }
 
-/// Secrets read from environment variables named in the configuration.
-pub struct EnvSecrets {
-    variables: BTreeMap<String, String>,
+/// Secrets read, at each use, from the environment variables and files
+/// named in the configuration. Values are never stored by Palisade.
+pub struct ConfiguredSecrets {
+    sources: BTreeMap<String, SecretConfig>,
 }
 
-impl EnvSecrets {
+impl ConfiguredSecrets {
     pub fn new(secrets: &BTreeMap<String, SecretConfig>) -> Self {
         Self {
-            variables: secrets
-                .iter()
-                .map(|(name, config)| (name.clone(), config.env.clone()))
-                .collect(),
+            sources: secrets.clone(),
         }
     }
 }
 
-impl SecretSource for EnvSecrets {
+impl SecretSource for ConfiguredSecrets {
     fn secret(&self, name: &str) -> Option<SecretValue> {
-        let variable = self.variables.get(name)?;
-        std::env::var(variable)
-            .ok()
-            .filter(|value| !value.is_empty())
-            .map(SecretValue::new)
+        let source = self.sources.get(name)?;
+        let value = match (&source.env, &source.file) {
+            (Some(variable), None) => std::env::var(variable).ok()?,
+            (None, Some(file)) => std::fs::read_to_string(file).ok()?.trim().to_string(),
+            _ => return None,
+        };
+        (!value.is_empty()).then(|| SecretValue::new(value))
     }
 }
 

@@ -10,7 +10,7 @@ use palisade_runtime::{CallContext, KeyValueStore, Runtime, RuntimeConfig};
 use palisade_store::{SledStore, Store};
 use serde_json::Value;
 
-use crate::config::{Config, EnvSecrets};
+use crate::config::{Config, ConfiguredSecrets};
 
 /// The engine's view of the sandboxed runtime.
 pub struct RuntimeCaller {
@@ -118,7 +118,7 @@ pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<
             cache_dir: Some(config.data_dir.join("cache")),
         },
         Some(kv),
-        Some(Arc::new(EnvSecrets::new(&config.secrets))),
+        Some(Arc::new(ConfiguredSecrets::new(&config.secrets))),
     )?;
     if !config.plugins_dir.is_dir() {
         anyhow::bail!(

@@ -12,7 +12,7 @@ mod template;
 use std::sync::Arc;
 
 use chrono::Utc;
-use palisade_model::{Alert, Case, Observable, RunRecord, RunStatus, Severity};
+use palisade_model::{Alert, Case, Observable, RunRecord, RunStatus, Severity, StepError};
 use palisade_store::{Store, StoreError};
 use serde_json::{Map, Value};
 use tracing::Instrument;
@@ -147,6 +147,22 @@ impl<C: PluginCaller> Engine<C> {
     /// example because the daemon stopped. Returns how many were resumed.
     pub async fn resume_pending(&self) -> Result<usize, EngineError> {
         let pending = self.store.pending_alerts()?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        // Runs left `running` by the stop will never finish: record them as
+        // interrupted before their alert runs again.
+        for mut run in self.store.runs()? {
+            if run.status == RunStatus::Running && pending.contains(&run.alert_id) {
+                run.status = RunStatus::Failed;
+                run.finished_at = Some(Utc::now());
+                run.error = Some(StepError {
+                    kind: "interrupted".into(),
+                    message: "the daemon stopped during this run; the alert ran again".into(),
+                });
+                self.store.put_run(&run)?;
+            }
+        }
         for alert_id in &pending {
             let Some(alert) = self.store.alert(alert_id)? else {
                 self.store.finish_pending(alert_id)?;

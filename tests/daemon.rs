@@ -1,0 +1,272 @@
+//! `palisade serve` as a real process: alerts posted over HTTP on
+//! 127.0.0.1 become cases, the cases are still there after the daemon
+//! stops and starts again (gracefully or by SIGKILL), and the one-shot
+//! `palisade run` prints the same cases.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{repo_root, start_virustotal_replay, write_config};
+
+/// A running daemon, killed when dropped.
+struct Daemon {
+    child: Child,
+    base: String,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self {
+            child,
+            base: format!("http://{address}"),
+        }
+    }
+
+    /// Stops the daemon with SIGINT and waits for it to exit.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "daemon exited with {exit}");
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        serde_json::from_str(&response.text().await.unwrap()).unwrap()
+    }
+
+    async fn post_alerts(&self, body: String) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/alerts", self.base))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+        )
+    }
+
+    /// Waits until `expected` runs have succeeded and none is running.
+    async fn wait_for_runs(&self, expected: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let runs = self.get("/v1/runs").await;
+            let runs = runs.as_array().unwrap().clone();
+            let finished = runs
+                .iter()
+                .filter(|run| run["status"] == "succeeded")
+                .count();
+            let running = runs.iter().any(|run| run["status"] == "running");
+            if finished >= expected && !running {
+                return runs;
+            }
+            assert!(Instant::now() < deadline, "runs did not finish: {runs:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wazuh_samples() -> String {
+    std::fs::read_to_string(repo_root().join("samples/wazuh/fim_virustotal_alerts.jsonl")).unwrap()
+}
+
+#[tokio::test]
+async fn served_cases_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let replay = start_virustotal_replay().await;
+    let config = write_config(dir.path(), Some(&replay.origin()));
+
+    let daemon = Daemon::start(&config);
+    let (status, body) = daemon.post_alerts(wazuh_samples()).await;
+    assert_eq!(status, 202, "{body}");
+    let accepted = body["accepted"].as_array().unwrap();
+    assert_eq!(accepted.len(), 5);
+    assert!(accepted.iter().all(|a| a["duplicate"] == false));
+    let runs = daemon.wait_for_runs(5).await;
+    assert!(
+        runs.iter().all(|run| run["status"] == "succeeded"),
+        "{runs:?}"
+    );
+    let cases = daemon.get("/v1/cases").await;
+    assert_eq!(cases.as_array().unwrap().len(), 5);
+    daemon.stop();
+
+    // A graceful restart keeps everything, and posting the same alerts
+    // again is recognised as duplicates.
+    let daemon = Daemon::start(&config);
+    assert_eq!(daemon.get("/v1/cases").await, cases);
+    let (status, body) = daemon.post_alerts(wazuh_samples()).await;
+    assert_eq!(status, 202);
+    assert!(
+        body["accepted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["duplicate"] == true)
+    );
+    let case_id = cases[0]["id"].as_str().unwrap();
+    assert_eq!(daemon.get(&format!("/v1/cases/{case_id}")).await, cases[0]);
+
+    // SIGKILL right after an acknowledgement loses nothing: the alert was
+    // on disk, and its runs resume at the next start.
+    let defender =
+        std::fs::read_to_string(repo_root().join("samples/wazuh/windows_defender_1116_alert.json"))
+            .unwrap();
+    let (status, _) = daemon.post_alerts(defender).await;
+    assert_eq!(status, 202);
+    daemon.kill();
+
+    let daemon = Daemon::start(&config);
+    let cases = daemon.get("/v1/cases").await;
+    assert_eq!(cases.as_array().unwrap().len(), 6);
+    let runs = daemon.wait_for_runs(6).await;
+    // A run cut off by the kill is recorded as interrupted, and its alert
+    // has a later run that succeeded.
+    for run in &runs {
+        assert_ne!(run["status"], "running", "{run}");
+        if run["status"] != "succeeded" {
+            assert_eq!(run["error"]["kind"], "interrupted", "{run}");
+        }
+    }
+    for case in cases.as_array().unwrap() {
+        let alert_id = &case["alert_ids"][0];
+        let succeeded = runs
+            .iter()
+            .any(|run| run["alert_id"] == *alert_id && run["status"] == "succeeded");
+        assert!(succeeded, "no successful run for alert {alert_id}");
+    }
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn invalid_alerts_are_rejected_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), None);
+    let daemon = Daemon::start(&config);
+
+    let (status, body) = daemon
+        .post_alerts("{\"hello\": 1}\nnot json\n".into())
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let rejected = body["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 2);
+    assert_eq!(rejected[0]["line"], 1);
+    assert!(
+        rejected[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("event_type")
+    );
+    assert_eq!(rejected[1]["line"], 2);
+
+    // A batch with one bad line keeps the good ones.
+    let mixed = format!("not json\n{}", wazuh_samples());
+    let (status, body) = daemon.post_alerts(mixed).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"].as_array().unwrap().len(), 5);
+    assert_eq!(body["rejected"][0]["line"], 1);
+
+    let response = reqwest::get(format!("{}/v1/cases/C99999999", daemon.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    daemon.stop();
+}
+
+#[test]
+fn one_shot_run_prints_cases_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), None);
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--json", "--alerts"])
+            .arg(repo_root().join("samples/wazuh/fim_virustotal_alerts.jsonl"))
+            .arg("--intel")
+            .arg(repo_root().join("samples/intel/palisade-demo-eicar.json"))
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = run();
+    assert!(second.status.success());
+    let first: Value = serde_json::from_slice(&first.stdout).unwrap();
+    let second: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(first.as_array().unwrap().len(), 5);
+    assert_eq!(first, second, "a second run changes no case");
+    let hits: usize = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| case["intel_hits"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        hits, 3,
+        "the EICAR md5, sha1 and sha256 match the demo indicator"
+    );
+}
+
+#[test]
+fn unreadable_alert_file_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), None);
+    let output = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--alerts", "/nonexistent/alerts.json"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/alerts.json"), "{stderr}");
+}
