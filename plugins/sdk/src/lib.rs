@@ -202,8 +202,8 @@ pub mod http {
 
 /// The plugin's private key-value namespace.
 pub mod kv {
-    pub use crate::bindings::palisade::plugin::key_value::KvError;
     use crate::bindings::palisade::plugin::key_value as wit;
+    pub use crate::bindings::palisade::plugin::key_value::KvError;
 
     pub fn get(key: &str) -> Result<Option<Vec<u8>>, KvError> {
         wit::get(key)

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use crate::observable::{IndicatorValue, ObservableType, infer_type, normalize};
 use crate::store::{IndicatorRecord, ParsedIndicator, Skipped};
 
-/// Header names that hold the indicator, in order of preference. The match
+/// Header names that contain the indicator, in order of preference. The match
 /// ignores case.
 pub const INDICATOR_COLUMNS: [&str; 12] = [
     "dst_ip",
@@ -29,19 +29,24 @@ pub const INDICATOR_COLUMNS: [&str; 12] = [
 ];
 
 /// Header names whose value is a malware family name.
-const MALWARE_COLUMNS: [&str; 4] = ["malware", "malware_printable", "malware_family", "signature"];
+const MALWARE_COLUMNS: [&str; 4] = [
+    "malware",
+    "malware_printable",
+    "malware_family",
+    "signature",
+];
 
 /// Placeholder values that feeds write for an unknown malware family.
 const NO_MALWARE: [&str; 4] = ["", "n/a", "none", "unknown"];
 
-/// How to read one feed.
+/// Options for reading one feed.
 #[derive(Debug)]
 pub struct FeedOptions<'a> {
     pub source: &'a str,
-    /// Header name of the indicator column; a known name is searched for
-    /// when absent.
+    /// Header name of the indicator column. When absent, the first of
+    /// [`INDICATOR_COLUMNS`] in the header is used.
     pub column: Option<&'a str>,
-    /// Type of every value; inferred per value when absent.
+    /// Type of every value. When absent, each value's type is inferred.
     pub kind: Option<ObservableType>,
     pub indicator_types: Vec<String>,
 }
@@ -154,7 +159,7 @@ fn read_row(
 }
 
 /// Finds the header and the indicator column. Returns the header's fields,
-/// the column's index and the index of the first line after the header.
+/// the column's index and the index in `lines` of the first data line.
 fn find_header(
     lines: &[NumberedLine],
     column: Option<&str>,
@@ -186,18 +191,21 @@ fn find_header(
         return Ok((header, index, first_record));
     }
 
-    let wanted = match column {
-        Some(name) => format!("column `{name}`"),
-        None => format!("one of the columns {}", INDICATOR_COLUMNS.join(", ")),
-    };
-    Err(format!(
-        "the CSV header [{}] has no {wanted}",
-        clean_header(fields).join(", ")
-    ))
+    let header = clean_header(fields).join(", ");
+    Err(match column {
+        Some(name) => format!("the CSV header [{header}] has no column `{name}`"),
+        None => format!(
+            "the CSV header [{header}] contains none of the indicator columns {}; name one with `column`",
+            INDICATOR_COLUMNS.join(", ")
+        ),
+    })
 }
 
 fn clean_header(fields: &[String]) -> Vec<String> {
-    fields.iter().map(|field| field.trim().to_string()).collect()
+    fields
+        .iter()
+        .map(|field| field.trim().to_string())
+        .collect()
 }
 
 fn indicator_column(fields: &[String], column: Option<&str>) -> Option<usize> {
@@ -335,11 +343,15 @@ mod tests {
 
     #[test]
     fn comments_blank_lines_and_numbers() {
-        let lines = split_lines("# one\r\n\r\n\"a\",\"b\"\r\n\"multi\nline\",\"x\"\n# END\n").unwrap();
+        let lines =
+            split_lines("# one\r\n\r\n\"a\",\"b\"\r\n\"multi\nline\",\"x\"\n# END\n").unwrap();
         let numbers: Vec<usize> = lines.iter().map(|numbered| numbered.number).collect();
         assert_eq!(numbers, vec![1, 3, 4, 6]);
         assert_eq!(lines[0].line, Line::Comment("one".to_string()));
-        assert_eq!(lines[1].line, Line::Record(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(
+            lines[1].line,
+            Line::Record(vec!["a".to_string(), "b".to_string()])
+        );
         assert_eq!(
             lines[2].line,
             Line::Record(vec!["multi\nline".to_string(), "x".to_string()])
@@ -421,7 +433,10 @@ mod tests {
                 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".to_string()
             )]
         );
-        assert!(indicator.record.malware.is_empty(), "n/a is no malware name");
+        assert!(
+            indicator.record.malware.is_empty(),
+            "n/a is no malware name"
+        );
     }
 
     #[test]
@@ -434,7 +449,10 @@ mod tests {
         };
         let contents = read_feed(text, &feed_options).unwrap();
         assert_eq!(contents.indicators.len(), 2);
-        assert_eq!(contents.indicators[0].record.id, "custom:domain:evil.example");
+        assert_eq!(
+            contents.indicators[0].record.id,
+            "custom:domain:evil.example"
+        );
         assert_eq!(
             contents.indicators[1].record.id, "custom:domain:10.0.0.1",
             "a forced type is not second-guessed"
@@ -452,7 +470,10 @@ mod tests {
             .collect();
         assert_eq!(
             ids,
-            vec!["mixed:ipv4:198.51.100.0/24", "mixed:url:http://evil.example/x"]
+            vec![
+                "mixed:ipv4:198.51.100.0/24",
+                "mixed:url:http://evil.example/x"
+            ]
         );
         assert_eq!(contents.skipped[0].id, "line 4");
         assert_eq!(

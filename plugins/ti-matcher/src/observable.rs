@@ -115,15 +115,6 @@ pub enum IndicatorValue {
     Network(Network),
 }
 
-impl IndicatorValue {
-    pub fn kind(&self) -> ObservableType {
-        match self {
-            IndicatorValue::Exact(kind, _) => *kind,
-            IndicatorValue::Network(network) => network.family,
-        }
-    }
-}
-
 impl fmt::Display for IndicatorValue {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -278,11 +269,17 @@ fn normalize_hash(kind: ObservableType, text: &str) -> Result<String, String> {
 ///
 /// Addresses and networks are tried first, then hashes by length, then URLs
 /// (a `://` separator), e-mail addresses (an `@`) and last domains with at
-/// least one dot.
+/// least one dot and a letter in the top-level label. Text of only digits,
+/// dots and `/` counts as IPv4, so that a malformed address is reported as
+/// an invalid address rather than read as a domain.
 pub fn infer_type(raw: &str) -> Option<ObservableType> {
     let text = raw.trim();
     let address = text.split_once('/').map_or(text, |(address, _)| address);
-    if address.parse::<Ipv4Addr>().is_ok() {
+    let dotted_digits = text.contains('.')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '/');
+    if dotted_digits || address.parse::<Ipv4Addr>().is_ok() {
         return Some(ObservableType::Ipv4);
     }
     if address.parse::<Ipv6Addr>().is_ok() {
@@ -302,7 +299,12 @@ pub fn infer_type(raw: &str) -> Option<ObservableType> {
     if text.contains('@') {
         return Some(ObservableType::Email);
     }
-    if text.contains('.') && normalize_domain(text).is_ok() {
+    let top_label_has_letter = text
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .is_some_and(|label| label.chars().any(char::is_alphabetic));
+    if text.contains('.') && top_label_has_letter && normalize_domain(text).is_ok() {
         return Some(ObservableType::Domain);
     }
     None
@@ -321,26 +323,38 @@ mod tests {
 
     #[test]
     fn hashes_are_lowercased_and_length_checked() {
-        assert_eq!(exact_value(ObservableType::Md5, "ABCDEF0123456789ABCDEF0123456789"), "abcdef0123456789abcdef0123456789");
+        assert_eq!(
+            exact_value(ObservableType::Md5, "ABCDEF0123456789ABCDEF0123456789"),
+            "abcdef0123456789abcdef0123456789"
+        );
         assert!(normalize(ObservableType::Sha1, "abcdef").is_err());
         assert!(normalize(ObservableType::Sha256, &"g".repeat(64)).is_err());
     }
 
     #[test]
     fn domains_drop_trailing_dot_and_case() {
-        assert_eq!(exact_value(ObservableType::Domain, "Evil.Example.COM."), "evil.example.com");
+        assert_eq!(
+            exact_value(ObservableType::Domain, "Evil.Example.COM."),
+            "evil.example.com"
+        );
         assert!(normalize(ObservableType::Domain, "evil..com").is_err());
         assert!(normalize(ObservableType::Domain, "evil.com/path").is_err());
     }
 
     #[test]
     fn ipv6_is_canonicalised() {
-        assert_eq!(exact_value(ObservableType::Ipv6, "2001:DB8:0:0::1"), "2001:db8::1");
+        assert_eq!(
+            exact_value(ObservableType::Ipv6, "2001:DB8:0:0::1"),
+            "2001:db8::1"
+        );
     }
 
     #[test]
     fn full_length_prefix_is_exact_address() {
-        assert_eq!(exact_value(ObservableType::Ipv4, "192.0.2.7/32"), "192.0.2.7");
+        assert_eq!(
+            exact_value(ObservableType::Ipv4, "192.0.2.7/32"),
+            "192.0.2.7"
+        );
     }
 
     #[test]
@@ -383,7 +397,10 @@ mod tests {
 
     #[test]
     fn email_is_lowercased_and_checked() {
-        assert_eq!(exact_value(ObservableType::Email, "Bad.Actor@Example.ORG"), "bad.actor@example.org");
+        assert_eq!(
+            exact_value(ObservableType::Email, "Bad.Actor@Example.ORG"),
+            "bad.actor@example.org"
+        );
         assert!(normalize(ObservableType::Email, "no-at-sign").is_err());
         assert!(normalize(ObservableType::Email, "a@b@c.org").is_err());
     }
@@ -394,13 +411,24 @@ mod tests {
             ("192.0.2.1", Some(ObservableType::Ipv4)),
             ("10.0.0.0/8", Some(ObservableType::Ipv4)),
             ("2001:db8::1", Some(ObservableType::Ipv6)),
-            ("d41d8cd98f00b204e9800998ecf8427e", Some(ObservableType::Md5)),
-            ("da39a3ee5e6b4b0d3255bfef95601890afd80709", Some(ObservableType::Sha1)),
-            ("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", Some(ObservableType::Sha256)),
+            (
+                "d41d8cd98f00b204e9800998ecf8427e",
+                Some(ObservableType::Md5),
+            ),
+            (
+                "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+                Some(ObservableType::Sha1),
+            ),
+            (
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                Some(ObservableType::Sha256),
+            ),
             ("http://evil.example/payload.exe", Some(ObservableType::Url)),
             ("phish@evil.example", Some(ObservableType::Email)),
             ("evil.example", Some(ObservableType::Domain)),
+            ("192.0.2.300", Some(ObservableType::Ipv4)),
             ("abc123", None),
+            ("host.123", None),
             ("not a value", None),
         ];
         for (raw, expected) in cases {

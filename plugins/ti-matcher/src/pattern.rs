@@ -102,7 +102,8 @@ fn escape(text: &str) -> String {
 ///
 /// # Errors
 ///
-/// Returns a message with the byte offset of the first syntax error.
+/// Returns a message naming the first syntax error, with its byte offset
+/// when the error is at a token.
 pub fn parse(pattern: &str) -> Result<Vec<Comparison>, String> {
     let tokens = tokenize(pattern)?;
     let mut parser = Parser {
@@ -373,7 +374,7 @@ impl Parser {
     }
 
     /// Parses observations joined by `AND`, `OR` or `FOLLOWEDBY`. The
-    /// operators are not told apart because only the comparisons matter.
+    /// operators are not distinguished because only the comparisons matter.
     fn observation_expression(&mut self) -> Result<(), String> {
         self.observation()?;
         while self.peek_word(&["AND", "OR", "FOLLOWEDBY"]) {
@@ -508,7 +509,9 @@ impl Parser {
                 self.position += 1;
                 Ok(operator)
             }
-            Some(TokenKind::Word(word)) if WORD_OPERATORS.contains(&word.to_uppercase().as_str()) => {
+            Some(TokenKind::Word(word))
+                if WORD_OPERATORS.contains(&word.to_uppercase().as_str()) =>
+            {
                 self.position += 1;
                 Ok(word.to_uppercase())
             }
@@ -568,7 +571,10 @@ mod tests {
         assert_eq!(comparisons[0].property, vec!["value"]);
         assert_eq!(comparisons[0].operator, "=");
         assert!(!comparisons[0].negated);
-        assert_eq!(comparisons[0].value, Literal::String("10.0.0.0".to_string()));
+        assert_eq!(
+            comparisons[0].value,
+            Literal::String("10.0.0.0".to_string())
+        );
     }
 
     #[test]
@@ -581,7 +587,9 @@ mod tests {
     #[test]
     fn or_and_inside_brackets_yield_every_comparison() {
         assert_eq!(
-            rendered("[domain-name:value = 'a.example' OR (url:value = 'http://b/' AND file:hashes.MD5 = 'c')]"),
+            rendered(
+                "[domain-name:value = 'a.example' OR (url:value = 'http://b/' AND file:hashes.MD5 = 'c')]"
+            ),
             vec![
                 "domain-name:value = 'a.example'",
                 "url:value = 'http://b/'",
@@ -648,8 +656,7 @@ mod tests {
 
     #[test]
     fn list_index_steps_are_kept() {
-        let comparisons =
-            parse("[email-message:to_refs[*].value = 'victim@example.org']").unwrap();
+        let comparisons = parse("[email-message:to_refs[*].value = 'victim@example.org']").unwrap();
         assert_eq!(comparisons[0].property, vec!["to_refs", "[*]", "value"]);
     }
 
@@ -663,7 +670,10 @@ mod tests {
             comparisons[0].value,
             Literal::Prefixed('t', "2014-01-13T07:03:17Z".to_string())
         );
-        assert_eq!(comparisons[1].value, Literal::Prefixed('h', "ffd8".to_string()));
+        assert_eq!(
+            comparisons[1].value,
+            Literal::Prefixed('h', "ffd8".to_string())
+        );
         assert_eq!(comparisons[2].value, Literal::Boolean(true));
     }
 
@@ -673,9 +683,18 @@ mod tests {
             ("ipv4-addr:value = '1.2.3.4'", "expected `[` or `(`"),
             ("[ipv4-addr:value = '1.2.3.4'", "expected `]`"),
             ("[ipv4-addr:value = '1.2.3.4]", "unterminated string"),
-            ("[ipv4-addr:value '1.2.3.4']", "expected a comparison operator"),
-            ("[ipv4-addr:value = '1.2.3.4'] WITHIN x SECONDS", "expected a number"),
-            ("[ipv4-addr:value = '1.2.3.4'] [url:value = 'x']", "unexpected `[`"),
+            (
+                "[ipv4-addr:value '1.2.3.4']",
+                "expected a comparison operator",
+            ),
+            (
+                "[ipv4-addr:value = '1.2.3.4'] WITHIN x SECONDS",
+                "expected a number",
+            ),
+            (
+                "[ipv4-addr:value = '1.2.3.4'] [url:value = 'x']",
+                "unexpected `[`",
+            ),
             ("[value = '1.2.3.4']", "expected an object path"),
             ("[ipv4-addr:value = '1.2.3.4' ! 'x']", "expected `!=`"),
         ];

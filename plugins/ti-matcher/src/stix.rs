@@ -161,8 +161,8 @@ fn read_indicator(
     contents.indicators.push(ParsedIndicator { record, values });
 }
 
-/// Turns one comparison into an indicator value, or explains why it cannot
-/// be one.
+/// Converts one comparison into an indicator value. The error says why it
+/// cannot become one.
 fn comparison_value(comparison: &Comparison) -> Result<IndicatorValue, String> {
     if comparison.negated || comparison.operator != "=" {
         let not = if comparison.negated { "NOT " } else { "" };
@@ -179,7 +179,7 @@ fn comparison_value(comparison: &Comparison) -> Result<IndicatorValue, String> {
     normalize(kind, text)
 }
 
-/// Maps a STIX object path to the observable type it holds.
+/// Maps a STIX object path to the observable type of its value.
 fn observable_type(comparison: &Comparison) -> Option<ObservableType> {
     let property: Vec<&str> = comparison.property.iter().map(String::as_str).collect();
     match (comparison.object_type.as_str(), property.as_slice()) {
@@ -329,8 +329,11 @@ mod tests {
 
     #[test]
     fn cidr_value_becomes_network() {
-        let contents =
-            read_bundle(&bundle_with("[ipv4-addr:value = '198.51.100.0/24']"), "test").unwrap();
+        let contents = read_bundle(
+            &bundle_with("[ipv4-addr:value = '198.51.100.0/24']"),
+            "test",
+        )
+        .unwrap();
         let values = &contents.indicators[0].values;
         assert_eq!(values.len(), 1);
         assert!(
@@ -351,11 +354,23 @@ mod tests {
             .map(|skipped| skipped.reason.as_str())
             .collect();
         assert_eq!(reasons.len(), 3, "{reasons:?}");
-        assert!(reasons[0].contains("operator `!=` is not supported"), "{}", reasons[0]);
-        assert!(reasons[1].contains("object path `file:name` is not supported"), "{}", reasons[1]);
+        assert!(
+            reasons[0].contains("operator `!=` is not supported"),
+            "{}",
+            reasons[0]
+        );
+        assert!(
+            reasons[1].contains("object path `file:name` is not supported"),
+            "{}",
+            reasons[1]
+        );
         assert!(reasons[2].contains("operator `LIKE`"), "{}", reasons[2]);
-        assert!(contents.skipped.iter().all(|skipped| skipped.id
-            == "indicator--00000000-0000-4000-8000-000000000001"));
+        assert!(
+            contents
+                .skipped
+                .iter()
+                .all(|skipped| skipped.id == "indicator--00000000-0000-4000-8000-000000000001")
+        );
     }
 
     #[test]

@@ -108,8 +108,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let year_of_cycle = shifted_year - cycle * 400;
     let month_from_march = (month + 9) % 12;
     let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_cycle =
-        year_of_cycle * 365 + year_of_cycle / 4 - year_of_cycle / 100 + day_of_year;
+    let day_of_cycle = year_of_cycle * 365 + year_of_cycle / 4 - year_of_cycle / 100 + day_of_year;
     // 719,468 days separate 0000-03-01 from 1970-01-01.
     cycle * 146_097 + day_of_cycle - 719_468
 }
