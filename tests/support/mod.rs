@@ -48,6 +48,12 @@ pub fn plugins_dir() -> PathBuf {
         .clone()
 }
 
+/// Precompiled-plugin cache shared by all tests, so each component is
+/// compiled once per build rather than once per test.
+pub fn cache_dir() -> PathBuf {
+    repo_root().join("target/test-plugin-cache")
+}
+
 /// What the VirusTotal stand-in has seen.
 #[derive(Default)]
 pub struct ReplayLog {
@@ -153,6 +159,7 @@ pub fn write_config(dir: &Path, vt_origin: Option<&str>) -> PathBuf {
     std::fs::write(dir.join("vt-api-key"), TEST_API_KEY).unwrap();
     let mut text = format!(
         r#"data_dir = "{data}"
+cache_dir = "{cache}"
 plugins_dir = "{plugins}"
 playbooks_dir = "{root}/playbooks"
 
@@ -163,6 +170,7 @@ file = "vt-api-key"
 key_value = true
 "#,
         data = dir.join("data").display(),
+        cache = cache_dir().display(),
         plugins = plugins_dir().display(),
         root = root.display(),
     );

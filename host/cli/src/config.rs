@@ -31,6 +31,10 @@ pub struct Config {
     pub plugins_dir: PathBuf,
     #[serde(default = "default_playbooks_dir")]
     pub playbooks_dir: PathBuf,
+    /// Directory of precompiled plugin artifacts; `data_dir/cache` when
+    /// unset. It must be writable by the host only, since its files are
+    /// loaded as native code.
+    pub cache_dir: Option<PathBuf>,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     #[serde(default)]
@@ -63,6 +67,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             plugins_dir: default_plugins_dir(),
             playbooks_dir: default_playbooks_dir(),
+            cache_dir: None,
             listen: default_listen(),
             secrets: BTreeMap::new(),
             plugins: BTreeMap::new(),
@@ -90,17 +95,25 @@ impl Config {
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let secret_files = config.secrets.values_mut().filter_map(|s| s.file.as_mut());
+        let cache_dir = config.cache_dir.as_mut();
         let dirs = [
             &mut config.data_dir,
             &mut config.plugins_dir,
             &mut config.playbooks_dir,
         ];
-        for path in dirs.into_iter().chain(secret_files) {
+        for path in dirs.into_iter().chain(cache_dir).chain(secret_files) {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
         }
         Ok(config)
+    }
+
+    /// The directory of precompiled plugin artifacts.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cache"))
     }
 
     /// The grant for plugin `name`: its entry, or nothing.

@@ -115,7 +115,7 @@ pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<
     let kv: Arc<dyn KeyValueStore> = Arc::new(StoreKeyValue(store.clone()));
     let runtime = Runtime::new(
         RuntimeConfig {
-            cache_dir: Some(config.data_dir.join("cache")),
+            cache_dir: Some(config.cache_dir()),
         },
         Some(kv),
         Some(Arc::new(ConfiguredSecrets::new(&config.secrets))),
@@ -162,7 +162,7 @@ fn load_playbooks(path: &Path) -> anyhow::Result<Vec<Playbook>> {
 pub async fn build_runtime_only(config: &Config) -> anyhow::Result<Runtime> {
     let runtime = Runtime::new(
         RuntimeConfig {
-            cache_dir: Some(config.data_dir.join("cache")),
+            cache_dir: Some(config.cache_dir()),
         },
         None,
         None,
