@@ -78,10 +78,9 @@ async fn shared_eve_samples_become_cases() {
 
     let cases = host.store.cases().unwrap();
     let policy = cases.iter().find(|c| c.rule.id == "2024833").unwrap();
-    assert_eq!(
-        policy.severity.max(Severity::High),
-        policy.severity,
-        "severity 1 is high"
+    assert!(
+        policy.severity >= Severity::High,
+        "Suricata severity 1 is high"
     );
     let values: Vec<&str> = policy
         .observables
