@@ -109,6 +109,14 @@ pub enum LoadError {
         #[source]
         source: crate::policy::InvalidOrigin,
     },
+    #[error(
+        "plugin {plugin:?} is granted {requested} bytes of memory, over the host maximum of {max}; lower `limits.memory_bytes`"
+    )]
+    MemoryGrantTooLarge {
+        plugin: String,
+        requested: usize,
+        max: usize,
+    },
     #[error("cannot use the compilation cache at {path:?}")]
     Cache {
         path: std::path::PathBuf,

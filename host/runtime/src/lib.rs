@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 use crate::bindings::palisade::plugin::types as wit;
 use crate::bindings::{Plugin, PluginPre};
@@ -225,7 +225,15 @@ impl Runtime {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let policy = Policy::new(grant_for(&info.name)).map_err(|source| LoadError::Grant {
+        let grant = grant_for(&info.name);
+        if grant.limits.memory_bytes > MAX_MEMORY_BYTES {
+            return Err(LoadError::MemoryGrantTooLarge {
+                plugin: info.name.clone(),
+                requested: grant.limits.memory_bytes,
+                max: MAX_MEMORY_BYTES,
+            });
+        }
+        let policy = Policy::new(grant).map_err(|source| LoadError::Grant {
             plugin: info.name.clone(),
             source,
         })?;
@@ -421,11 +429,33 @@ impl Drop for Runtime {
     }
 }
 
+/// Largest linear memory any plugin may be granted, in bytes. It sizes the
+/// slots of the pooling allocator.
+pub const MAX_MEMORY_BYTES: usize = 512 << 20;
+
+/// Instances that may exist at once across all calls. A call made while the
+/// pool is exhausted fails its step with an instantiate error.
+const MAX_CONCURRENT_INSTANCES: u32 = 1_000;
+
 fn engine_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.max_wasm_stack(MAX_WASM_STACK);
+
+    // A fresh instance per call is the hot path: the pooling allocator
+    // reuses memory and table slots instead of mapping new ones each time.
+    // Each memory slot reserves 1 GiB of address space (not of RAM), so the
+    // pool reserves about 1 TiB of virtual addresses.
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(MAX_CONCURRENT_INSTANCES);
+    pool.total_core_instances(4 * MAX_CONCURRENT_INSTANCES);
+    pool.total_memories(MAX_CONCURRENT_INSTANCES);
+    pool.total_tables(2 * MAX_CONCURRENT_INSTANCES);
+    pool.total_stacks(MAX_CONCURRENT_INSTANCES);
+    pool.max_memory_size(MAX_MEMORY_BYTES);
+    config.memory_reservation(1 << 30);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
 
