@@ -145,7 +145,7 @@ async fn wazuh_samples_become_enriched_cases() {
             ("score", StepStatus::Succeeded),
         ]
     );
-    assert_eq!(eicar.run_ids, [eicar_run.id.clone()]);
+    assert_eq!(eicar.run_ids, vec![eicar_run.id.clone()]);
     assert!(replay.requests() > 0);
 }
 

@@ -79,7 +79,7 @@ impl<C: PluginCaller> Engine<C> {
 
     /// Playbooks whose trigger matches `alert`.
     pub fn matching(&self, alert: &Alert) -> Vec<&Playbook> {
-        let context = runner::run_context(alert, "");
+        let context = runner::RunContext::new(alert, "").value();
         self.playbooks
             .iter()
             .filter(|playbook| {
@@ -196,7 +196,7 @@ impl<C: PluginCaller> Engine<C> {
         self.store.put_run(&run)?;
 
         let span = tracing::debug_span!("run", run.id = %run.id, playbook = %playbook.name);
-        let mut context = runner::run_context(alert, case_id);
+        let mut context = runner::RunContext::new(alert, case_id);
         let mut journal_error = None;
         let mut journal = |run: &RunRecord| {
             if let Err(error) = self.store.put_run(run) {

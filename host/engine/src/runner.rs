@@ -1,6 +1,7 @@
 //! Running a playbook on one alert, step by step, with a journal entry
 //! after every step.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Instant;
 
@@ -38,13 +39,39 @@ pub trait PluginCaller: Send + Sync + 'static {
     fn actions(&self, plugin: &str) -> Option<Vec<String>>;
 }
 
-/// Builds the expression context of a run.
-pub(crate) fn run_context(alert: &Alert, case_id: &str) -> Value {
-    json!({
-        "alert": alert,
-        "case": { "id": case_id },
-        "steps": {},
-    })
+/// The expression context of a run: `alert`, `case` and the outputs of the
+/// steps so far under `steps`. Each part is converted to a template value
+/// once, so a step's expressions do not convert the alert again.
+pub(crate) struct RunContext {
+    alert: minijinja::Value,
+    case: minijinja::Value,
+    steps: BTreeMap<String, minijinja::Value>,
+}
+
+impl RunContext {
+    pub fn new(alert: &Alert, case_id: &str) -> Self {
+        Self {
+            alert: minijinja::Value::from_serialize(alert),
+            case: minijinja::Value::from_serialize(json!({ "id": case_id })),
+            steps: BTreeMap::new(),
+        }
+    }
+
+    pub fn add_step_output(&mut self, step_id: &str, output: &Value) {
+        self.steps.insert(
+            step_id.to_string(),
+            minijinja::Value::from_serialize(output),
+        );
+    }
+
+    /// The context as one template value.
+    pub fn value(&self) -> minijinja::Value {
+        minijinja::context! {
+            alert => self.alert.clone(),
+            case => self.case.clone(),
+            steps => minijinja::Value::from(self.steps.clone()),
+        }
+    }
 }
 
 /// Runs `playbook`'s steps in order and journals the run after every step
@@ -54,17 +81,14 @@ pub(crate) async fn execute<C: PluginCaller>(
     templates: &Templates,
     playbook: &Playbook,
     run: &mut RunRecord,
-    context: &mut Value,
+    context: &mut RunContext,
     journal: &mut (dyn FnMut(&RunRecord) + Send),
 ) {
     for step in &playbook.steps {
-        let record = run_step(caller, templates, step, &run.id, context).await;
+        let record = run_step(caller, templates, step, &run.id, &context.value()).await;
         let failed = record.status == StepStatus::Failed;
-        if let (Some(output), Some(steps)) = (
-            &record.output,
-            context.get_mut("steps").and_then(Value::as_object_mut),
-        ) {
-            steps.insert(step.id.clone(), output.clone());
+        if let Some(output) = &record.output {
+            context.add_step_output(&step.id, output);
         }
         let error = record.error.clone();
         run.steps.push(record);
@@ -89,7 +113,7 @@ async fn run_step<C: PluginCaller>(
     templates: &Templates,
     step: &Step,
     run_id: &str,
-    context: &Value,
+    context: &minijinja::Value,
 ) -> StepRecord {
     let started_at = Utc::now();
     let started = Instant::now();
@@ -154,8 +178,9 @@ fn failed(mut record: StepRecord, kind: &str, message: String, started: Instant)
 pub(crate) fn case_fields(
     templates: &Templates,
     playbook: &Playbook,
-    context: &Value,
+    context: &RunContext,
 ) -> (Map<String, Value>, Vec<String>) {
+    let context = context.value();
     let fields = [
         ("observables", &playbook.case.observables),
         ("intel_hits", &playbook.case.intel_hits),
@@ -168,7 +193,7 @@ pub(crate) fn case_fields(
     let mut errors = Vec::new();
     for (name, template) in fields {
         let Some(template) = template else { continue };
-        match templates.render(&Value::String(template.clone()), context) {
+        match templates.render(&Value::String(template.clone()), &context) {
             Ok(Value::Null) => {}
             Ok(value) => {
                 values.insert(name.to_string(), value);

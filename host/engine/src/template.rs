@@ -62,31 +62,31 @@ impl Templates {
     }
 
     /// Evaluates an expression to a JSON value.
-    pub fn eval(&self, expression: &str, context: &Value) -> Result<Value, String> {
+    pub fn eval(&self, expression: &str, context: &minijinja::Value) -> Result<Value, String> {
         let compiled = self
             .env
             .compile_expression(expression)
             .map_err(|error| describe(&error))?;
         let result = compiled
-            .eval(minijinja::Value::from_serialize(context))
+            .eval(context.clone())
             .map_err(|error| describe(&error))?;
         to_json(&result)
     }
 
     /// Evaluates an expression as a condition, using Jinja truthiness.
-    pub fn is_true(&self, expression: &str, context: &Value) -> Result<bool, String> {
+    pub fn is_true(&self, expression: &str, context: &minijinja::Value) -> Result<bool, String> {
         let compiled = self
             .env
             .compile_expression(expression)
             .map_err(|error| describe(&error))?;
         compiled
-            .eval(minijinja::Value::from_serialize(context))
+            .eval(context.clone())
             .map(|value| value.is_true())
             .map_err(|error| describe(&error))
     }
 
     /// Resolves every string in `value` against `context`.
-    pub fn render(&self, value: &Value, context: &Value) -> Result<Value, String> {
+    pub fn render(&self, value: &Value, context: &minijinja::Value) -> Result<Value, String> {
         match value {
             Value::String(text) => {
                 if let Some(expression) = sole_expression(text) {
@@ -97,7 +97,7 @@ impl Templates {
                 }
                 let rendered = self
                     .env
-                    .render_str(text, minijinja::Value::from_serialize(context))
+                    .render_str(text, context.clone())
                     .map_err(|error| describe(&error))?;
                 if rendered.len() > MAX_RENDERED_BYTES {
                     return Err(format!(
@@ -154,10 +154,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn to_context(value: Value) -> minijinja::Value {
+        minijinja::Value::from_serialize(value)
+    }
+
     #[test]
     fn sole_expression_keeps_json_type() {
         let templates = Templates::new();
-        let context = json!({"steps": {"a": {"items": [1, 2]}}});
+        let context = to_context(json!({"steps": {"a": {"items": [1, 2]}}}));
         let value = templates
             .render(&json!({"x": "{{ steps.a.items }}"}), &context)
             .unwrap();
@@ -167,7 +171,7 @@ mod tests {
     #[test]
     fn mixed_text_renders_to_string() {
         let templates = Templates::new();
-        let context = json!({"alert": {"rule": {"id": "554"}}});
+        let context = to_context(json!({"alert": {"rule": {"id": "554"}}}));
         let value = templates
             .render(&json!("rule {{ alert.rule.id }}"), &context)
             .unwrap();
@@ -178,7 +182,10 @@ mod tests {
     fn missing_step_output_is_null() {
         let templates = Templates::new();
         let value = templates
-            .render(&json!("{{ steps.skipped.results }}"), &json!({"steps": {}}))
+            .render(
+                &json!("{{ steps.skipped.results }}"),
+                &to_context(json!({"steps": {}})),
+            )
             .unwrap();
         assert_eq!(value, Value::Null);
     }
@@ -189,14 +196,14 @@ mod tests {
         let text = json!(
             "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
         );
-        let error = templates.render(&text, &json!({})).unwrap_err();
+        let error = templates.render(&text, &to_context(json!({}))).unwrap_err();
         assert!(error.contains("fuel"), "{error}");
     }
 
     #[test]
     fn conditions_use_truthiness() {
         let templates = Templates::new();
-        let context = json!({"alert": {"severity": "high"}, "list": []});
+        let context = to_context(json!({"alert": {"severity": "high"}, "list": []}));
         assert!(
             templates
                 .is_true("alert.severity == 'high'", &context)

@@ -5,7 +5,7 @@
 //! the guest as WIT error values it can handle, never as traps.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::component::ResourceTable;
@@ -112,6 +112,9 @@ pub(crate) struct HostState {
     pub memory_limit_hit: bool,
     /// Same for tables and instances.
     pub resource_limit_hit: bool,
+    /// Time spent waiting in `http.send`, which the CPU time limit does not
+    /// count.
+    pub http_wait: Duration,
 }
 
 impl HostState {
@@ -132,6 +135,7 @@ impl HostState {
             http_calls: Vec::new(),
             memory_limit_hit: false,
             resource_limit_hit: false,
+            http_wait: Duration::ZERO,
         }
     }
 
@@ -232,7 +236,10 @@ impl http::Host for HostState {
                 self.policy.limits().http_requests
             )))
         } else {
-            outbound::send(&self.services, &self.policy, request).await
+            let waiting = Instant::now();
+            let result = outbound::send(&self.services, &self.policy, request).await;
+            self.http_wait += waiting.elapsed();
+            result
         };
         self.http_calls.push(HttpCall {
             method,

@@ -16,7 +16,8 @@ use url::Url;
 pub struct Limits {
     /// Maximum linear memory of the instance, in bytes.
     pub memory_bytes: usize,
-    /// CPU time the guest may spend between host calls, in milliseconds.
+    /// Time the guest may run during one call, in milliseconds. Time spent
+    /// waiting for `http.send` is not counted; every other host call is.
     /// Enforced by epoch interruption, so the resolution is one epoch tick.
     pub cpu_ms: u64,
     /// Wall-clock time for the whole call, host imports included, in
