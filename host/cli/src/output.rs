@@ -83,6 +83,13 @@ fn describe_hit(hit: &Value) -> String {
 }
 
 fn describe_verdict(verdict: &Value) -> String {
+    if verdict.get("found") == Some(&Value::Bool(false)) {
+        return format!(
+            "{} {}: not found",
+            str_field(verdict, "type"),
+            str_field(verdict, "value")
+        );
+    }
     let stats = verdict.get("stats");
     let count = |name| {
         stats

@@ -36,7 +36,7 @@ impl ObservableKind {
 
 impl fmt::Display for ObservableKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
