@@ -9,9 +9,10 @@
 //! workspace, built here into a target directory of their own so that no
 //! real host ever loads them from the plugins' output directory.
 //!
-//! Every server these tests use listens on 127.0.0.1 and counts what it
-//! sees. URLs that name 169.254.169.254 or 10.0.0.1 are never granted, and
-//! the tests check that the host denies them before connecting anywhere.
+//! Every server these tests use listens on 127.0.0.1 and records each
+//! connection and request. URLs that name 169.254.169.254 or 10.0.0.1 are
+//! never granted, and the tests check that the host denies them before
+//! connecting anywhere.
 
 mod support;
 
@@ -37,8 +38,8 @@ const MEMORY_BYTES: usize = 32 << 20;
 const OUTPUT_BYTES: usize = 64 << 10;
 const LOG_BYTES: usize = 4 << 10;
 
-/// Lines `log-flood` writes when the input does not say; matches the
-/// plugin's default.
+/// Lines `log-flood` writes when the input sets no `lines`, the plugin's
+/// default.
 const LOG_FLOOD_LINES: u64 = 10_000;
 
 /// Upper bound on how long a call stopped by a limit may take. It only
@@ -46,16 +47,16 @@ const LOG_FLOOD_LINES: u64 = 10_000;
 /// forever.
 const STOPPED_WITHIN: Duration = Duration::from_secs(10);
 
-/// How long a [`ServerMode::Delayed`] server waits before answering: three
+/// How long a [`ServerMode::Delayed`] server waits before responding: three
 /// times the CPU time limit, so a call that counted the wait as CPU time
 /// would be stopped.
-const ANSWER_DELAY: Duration = Duration::from_millis(3 * CPU_MS);
+const RESPONSE_DELAY: Duration = Duration::from_millis(3 * CPU_MS);
 
-/// Header the `fetch` action asks the host to put a secret in.
+/// Header in which the `fetch` action requests the host to place a secret.
 const SECRET_HEADER: &str = "x-palisade-secret";
 const GRANTED_SECRET: &str = "granted-token";
 const GRANTED_SECRET_VALUE: &str = "granted-value-3c1f8e";
-/// A secret the host holds but never grants to the hostile plugin.
+/// A secret the host has a value for but never grants to the hostile plugin.
 const UNGRANTED_SECRET: &str = "ungranted-token";
 const UNGRANTED_SECRET_VALUE: &str = "ungranted-value-9d24b7";
 
@@ -114,7 +115,7 @@ fn small_limits() -> Limits {
     }
 }
 
-/// A grant of nothing but `origins`, under the small limits.
+/// Returns a grant of nothing but `origins`, under the small limits.
 fn grant_origins(origins: &[&str]) -> Grant {
     Grant {
         http_origins: origins.iter().map(|origin| origin.to_string()).collect(),
@@ -170,7 +171,8 @@ impl KeyValueStore for MemoryKv {
     }
 }
 
-/// Holds two secrets; which of them a plugin may use is up to its grant.
+/// Secret source with two secrets. Which of them a plugin may use depends on
+/// its grant.
 struct TestSecrets;
 
 impl SecretSource for TestSecrets {
@@ -224,8 +226,8 @@ impl Sandbox {
         call(&self.runtime, plugin, action, input).await
     }
 
-    /// Calls `fetch` and returns its output, which holds the response or the
-    /// host's HTTP error.
+    /// Calls `fetch` and returns its output, which contains the response or
+    /// the host's HTTP error.
     async fn fetch(&self, input: Value) -> Value {
         let description = input.to_string();
         match self.call("hostile", "fetch", input).await {
@@ -251,12 +253,12 @@ async fn call(
 
 #[derive(Clone, Copy)]
 enum ServerMode {
-    /// Answers `/redirect` with a 302 to http://10.0.0.1/ and anything else
-    /// with a 200.
-    Answer,
-    /// Answers like `Answer`, but only after waiting [`ANSWER_DELAY`].
+    /// Responds to `/redirect` with a 302 to http://10.0.0.1/ and to anything
+    /// else with a 200.
+    Respond,
+    /// Responds like `Respond`, but only after waiting [`RESPONSE_DELAY`].
     Delayed,
-    /// Accepts, reads the request and never answers.
+    /// Accepts, reads the request and never responds.
     Hang,
 }
 
@@ -321,23 +323,24 @@ fn serve(mut stream: TcpStream, mode: ServerMode, seen: &Mutex<Seen>) {
     };
     seen.lock().unwrap().requests.push(request.clone());
     match mode {
-        ServerMode::Answer | ServerMode::Delayed => {
+        ServerMode::Respond | ServerMode::Delayed => {
             if matches!(mode, ServerMode::Delayed) {
-                std::thread::sleep(ANSWER_DELAY);
+                std::thread::sleep(RESPONSE_DELAY);
             }
-            let response = if request.target == "/redirect" {
-                "HTTP/1.1 302 Found\r\nLocation: http://10.0.0.1/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            let (status, extra_header, body) = if request.target == "/redirect" {
+                ("302 Found", "Location: http://10.0.0.1/\r\n", "")
             } else {
-                let body = "hello from the counting server";
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
+                ("200 OK", "", "hello from the counting server")
             };
+            let response = format!(
+                "HTTP/1.1 {status}\r\n{extra_header}Content-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = stream.write_all(response.as_bytes());
         }
         ServerMode::Hang => {
-            // Hold the connection without answering until the client closes
+            // Hold the connection without responding until the client closes
             // it or the read timeout passes.
             let mut sink = [0u8; 1024];
             while matches!(stream.read(&mut sink), Ok(read) if read > 0) {}
@@ -544,8 +547,8 @@ fn url_parser_normalises_address_spellings() {
 
 #[tokio::test]
 async fn fetch_reaches_only_granted_origins() {
-    let granted = CountingServer::start(ServerMode::Answer);
-    let ungranted = CountingServer::start(ServerMode::Answer);
+    let granted = CountingServer::start(ServerMode::Respond);
+    let ungranted = CountingServer::start(ServerMode::Respond);
     let sandbox = Sandbox::start(grant_origins(&[&granted.origin()])).await;
     let port = granted.port();
 
@@ -614,7 +617,7 @@ async fn denied_fetch_is_recorded_without_status() {
 
 #[tokio::test]
 async fn granted_host_name_resolving_to_loopback_fails() {
-    let server = CountingServer::start(ServerMode::Answer);
+    let server = CountingServer::start(ServerMode::Respond);
     let origin = format!("http://localhost:{}", server.port());
     let sandbox = Sandbox::start(grant_origins(&[&origin])).await;
 
@@ -632,7 +635,7 @@ async fn granted_host_name_resolving_to_loopback_fails() {
 
 #[tokio::test]
 async fn redirect_is_returned_not_followed() {
-    let server = CountingServer::start(ServerMode::Answer);
+    let server = CountingServer::start(ServerMode::Respond);
     let sandbox = Sandbox::start(grant_origins(&[&server.origin()])).await;
 
     let url = format!("{}/redirect", server.origin());
@@ -656,7 +659,7 @@ async fn wall_clock_limit_covers_host_calls() {
     let failure = sandbox
         .call("hostile", "fetch", json!({ "url": url }))
         .await
-        .expect_err("the server never answers");
+        .expect_err("a fetch from a server that never responds succeeded");
     assert_eq!(failure.error.kind(), "timeout", "{}", failure.error);
     assert!(
         started.elapsed() < STOPPED_WITHIN,
@@ -684,8 +687,8 @@ async fn waiting_for_http_is_not_cpu_time() {
 
 #[tokio::test]
 async fn secrets_go_only_where_granted() {
-    let bound = CountingServer::start(ServerMode::Answer);
-    let unbound = CountingServer::start(ServerMode::Answer);
+    let bound = CountingServer::start(ServerMode::Respond);
+    let unbound = CountingServer::start(ServerMode::Respond);
     let mut grant = grant_origins(&[&bound.origin(), &unbound.origin()]);
     grant.secrets = vec![SecretGrant {
         name: GRANTED_SECRET.to_string(),
@@ -693,7 +696,7 @@ async fn secrets_go_only_where_granted() {
     }];
     let sandbox = Sandbox::start(grant).await;
 
-    // A secret the host holds but did not grant is denied outright.
+    // A secret the host has a value for but did not grant is denied outright.
     let output = sandbox
         .fetch(json!({ "url": format!("{}/", bound.origin()), "secret": UNGRANTED_SECRET }))
         .await;
@@ -738,7 +741,7 @@ async fn secrets_go_only_where_granted() {
 
 #[tokio::test]
 async fn wasi_grants_no_files_environment_or_sockets() {
-    let server = CountingServer::start(ServerMode::Answer);
+    let server = CountingServer::start(ServerMode::Respond);
     let sandbox = Sandbox::start(grant_origins(&[])).await;
 
     for path in ["/etc/passwd", "Cargo.toml", "/"] {
@@ -779,7 +782,7 @@ async fn key_value_write_without_grant_is_denied() {
     let failure = sandbox
         .call("hostile", "kv-write", json!({}))
         .await
-        .expect_err("key-value is not granted");
+        .expect_err("kv-write succeeded without a key-value grant");
     assert_eq!(failure.error.kind(), "denied", "{}", failure.error);
     assert_eq!(sandbox.kv.len(), 0, "the write reached the store");
 }

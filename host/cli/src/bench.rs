@@ -77,7 +77,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let input = json!({ "alert": "benchmark" });
     let input_text = input.to_string();
-    let mut run = RunRecord {
+    let run = RunRecord {
         id: "R-bench".into(),
         playbook: "bench".into(),
         alert_id: "bench".into(),
@@ -119,8 +119,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .invoke_loaded(&loaded, "echo", &input)
                 .await
                 .map_err(|failure| anyhow::anyhow!(failure.error))?;
-            run.steps.clear();
-            run.steps.push(StepRecord {
+            let step = StepRecord {
                 id: "echo".into(),
                 uses: "noop.echo".into(),
                 status: StepStatus::Succeeded,
@@ -132,8 +131,8 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
                 error: None,
                 logs: json!([]),
                 http_calls: json!([]),
-            });
-            store.put_run(&run)?;
+            };
+            store.put_step(&run.id, 0, &step)?;
             palisade.push(started.elapsed());
         }
     }

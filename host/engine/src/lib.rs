@@ -198,8 +198,9 @@ impl<C: PluginCaller> Engine<C> {
         let span = tracing::debug_span!("run", run.id = %run.id, playbook = %playbook.name);
         let mut context = runner::RunContext::new(alert, case_id);
         let mut journal_error = None;
-        let mut journal = |run: &RunRecord| {
-            if let Err(error) = self.store.put_run(run) {
+        let run_id = run.id.clone();
+        let mut journal = |index: usize, step: &palisade_model::StepRecord| {
+            if let Err(error) = self.store.put_step(&run_id, index, step) {
                 journal_error.get_or_insert(error);
             }
         };

@@ -74,15 +74,15 @@ impl RunContext {
     }
 }
 
-/// Runs `playbook`'s steps in order and journals the run after every step
-/// through `journal`.
+/// Runs `playbook`'s steps in order and journals every finished step
+/// through `journal`, with its index.
 pub(crate) async fn execute<C: PluginCaller>(
     caller: &C,
     templates: &Templates,
     playbook: &Playbook,
     run: &mut RunRecord,
     context: &mut RunContext,
-    journal: &mut (dyn FnMut(&RunRecord) + Send),
+    journal: &mut (dyn FnMut(usize, &StepRecord) + Send),
 ) {
     for step in &playbook.steps {
         let record = run_step(caller, templates, step, &run.id, &context.value()).await;
@@ -91,8 +91,8 @@ pub(crate) async fn execute<C: PluginCaller>(
             context.add_step_output(&step.id, output);
         }
         let error = record.error.clone();
+        journal(run.steps.len(), &record);
         run.steps.push(record);
-        journal(run);
         if failed && step.on_error == OnError::Fail {
             run.status = RunStatus::Failed;
             run.error = error.map(|error| StepError {

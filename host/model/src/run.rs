@@ -58,6 +58,7 @@ pub struct RunRecord {
     pub status: RunStatus,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
     pub steps: Vec<StepRecord>,
     /// Error that ended the run, when it failed.
     pub error: Option<StepError>,

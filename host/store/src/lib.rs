@@ -9,7 +9,7 @@
 mod sled_store;
 
 use chrono::{DateTime, Utc};
-use palisade_model::{Alert, Case, RunRecord};
+use palisade_model::{Alert, Case, RunRecord, StepRecord};
 
 pub use sled_store::SledStore;
 
@@ -72,8 +72,13 @@ pub trait Store: Send + Sync {
     /// Returns a new run id, unique in this database.
     fn next_run_id(&self) -> Result<String, StoreError>;
 
-    /// Writes `run` whole, replacing an earlier version.
+    /// Writes `run` without its steps, replacing an earlier version. Steps
+    /// are written one at a time with [`Store::put_step`], so journaling a
+    /// step does not rewrite the steps before it.
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+
+    /// Writes step number `index` (from 0) of run `run_id`.
+    fn put_step(&self, run_id: &str, index: usize, step: &StepRecord) -> Result<(), StoreError>;
 
     fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
 

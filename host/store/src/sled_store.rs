@@ -8,14 +8,17 @@
 //! - `open_cases`: fingerprint to the id of the open case with it;
 //! - `pending`: sequence number to the id of an accepted alert whose runs
 //!   have not finished;
-//! - `runs`: run id (`R` and eight digits) to the run record;
+//! - `runs`: run id (`R` and eight digits) to the run record without its
+//!   steps;
+//! - `run_steps`: run id, a zero byte and the step index (big-endian `u32`)
+//!   to the step record;
 //! - `counters`: sequence name to the last number handed out;
 //! - `kv`: plugin name, a zero byte, then the plugin's key, to the value.
 
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use palisade_model::{Alert, Case, CaseStatus, RunRecord};
+use palisade_model::{Alert, Case, CaseStatus, RunRecord, RunStatus, StepError, StepRecord};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::Transactional;
@@ -32,6 +35,7 @@ pub struct SledStore {
     open_cases: sled::Tree,
     pending: sled::Tree,
     runs: sled::Tree,
+    run_steps: sled::Tree,
     kv: sled::Tree,
     counters: sled::Tree,
 }
@@ -58,6 +62,7 @@ impl SledStore {
             open_cases: tree("open_cases")?,
             pending: tree("pending")?,
             runs: tree("runs")?,
+            run_steps: tree("run_steps")?,
             kv: tree("kv")?,
             counters: tree("counters")?,
             db,
@@ -73,6 +78,57 @@ impl SledStore {
             })
             .map_err(database)?;
         Ok(next.as_deref().map_or(1, decode_counter))
+    }
+}
+
+/// A run record as stored in the `runs` tree: everything but the steps.
+#[derive(Serialize)]
+struct RunHeader<'a> {
+    id: &'a str,
+    playbook: &'a str,
+    alert_id: &'a str,
+    case_id: &'a str,
+    status: RunStatus,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    error: &'a Option<StepError>,
+}
+
+impl<'a> From<&'a RunRecord> for RunHeader<'a> {
+    fn from(run: &'a RunRecord) -> Self {
+        Self {
+            id: &run.id,
+            playbook: &run.playbook,
+            alert_id: &run.alert_id,
+            case_id: &run.case_id,
+            status: run.status,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            error: &run.error,
+        }
+    }
+}
+
+/// Key of a step in the `run_steps` tree: the run id, a zero byte and the
+/// step index in big-endian, so a run's steps sort in order.
+fn step_key(run_id: &str, index: usize) -> Vec<u8> {
+    let mut key = Vec::with_capacity(run_id.len() + 5);
+    key.extend_from_slice(run_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&(index as u32).to_be_bytes());
+    key
+}
+
+impl SledStore {
+    fn assemble_run(&self, key: &[u8], header: &[u8]) -> Result<RunRecord, StoreError> {
+        let mut run: RunRecord = decode("runs", key, header)?;
+        let mut prefix = key.to_vec();
+        prefix.push(0);
+        for entry in self.run_steps.scan_prefix(prefix) {
+            let (step_key, bytes) = entry.map_err(database)?;
+            run.steps.push(decode("run_steps", &step_key, &bytes)?);
+        }
+        Ok(run)
     }
 }
 
@@ -288,18 +344,25 @@ impl Store for SledStore {
     }
 
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        let header = RunHeader::from(run);
         self.runs
-            .insert(run.id.as_bytes(), encode(run))
+            .insert(run.id.as_bytes(), encode(&header))
+            .map_err(database)?;
+        Ok(())
+    }
+
+    fn put_step(&self, run_id: &str, index: usize, step: &StepRecord) -> Result<(), StoreError> {
+        self.run_steps
+            .insert(step_key(run_id, index), encode(step))
             .map_err(database)?;
         Ok(())
     }
 
     fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
-        self.runs
-            .get(id.as_bytes())
-            .map_err(database)?
-            .map(|bytes| decode("runs", id.as_bytes(), &bytes))
-            .transpose()
+        let Some(bytes) = self.runs.get(id.as_bytes()).map_err(database)? else {
+            return Ok(None);
+        };
+        self.assemble_run(id.as_bytes(), &bytes).map(Some)
     }
 
     fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
@@ -307,7 +370,7 @@ impl Store for SledStore {
             .iter()
             .map(|entry| {
                 let (key, bytes) = entry.map_err(database)?;
-                decode("runs", &key, &bytes)
+                self.assemble_run(&key, &bytes)
             })
             .collect()
     }
@@ -461,6 +524,55 @@ mod tests {
         assert_eq!(store.pending_alerts().unwrap(), vec![alert.id.clone()]);
         store.finish_pending(&alert.id).unwrap();
         assert!(store.pending_alerts().unwrap().is_empty());
+    }
+
+    fn step(id: &str) -> StepRecord {
+        StepRecord {
+            id: id.into(),
+            uses: "noop.echo".into(),
+            status: palisade_model::StepStatus::Succeeded,
+            started_at: Utc::now(),
+            duration_us: 1,
+            plugin_version: None,
+            input: serde_json::Value::Null,
+            output: None,
+            error: None,
+            logs: serde_json::Value::Null,
+            http_calls: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn run_steps_are_journaled_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut run = RunRecord {
+            id: "R00000001".into(),
+            playbook: "p".into(),
+            alert_id: "a".into(),
+            case_id: "C00000001".into(),
+            status: RunStatus::Running,
+            started_at: Utc::now(),
+            finished_at: None,
+            steps: Vec::new(),
+            error: None,
+        };
+        store.put_run(&run).unwrap();
+        // Indexes past 255 check that steps sort by number, not by text.
+        for index in [2, 0, 300, 1] {
+            store
+                .put_step(&run.id, index, &step(&format!("s{index}")))
+                .unwrap();
+        }
+        run.status = RunStatus::Succeeded;
+        store.put_run(&run).unwrap();
+
+        let stored = store.run(&run.id).unwrap().unwrap();
+        assert_eq!(stored.status, RunStatus::Succeeded);
+        let ids: Vec<&str> = stored.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["s0", "s1", "s2", "s300"]);
+        assert_eq!(store.runs().unwrap(), vec![stored]);
+        assert!(store.run("R00000002").unwrap().is_none());
     }
 
     #[test]
