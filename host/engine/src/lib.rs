@@ -2,8 +2,8 @@
 //! API share.
 //!
 //! The engine reaches plugins only through [`PluginCaller`] and storage
-//! only through [`palisade_store::Store`]: it holds no wasmtime or sled
-//! types.
+//! only through [`palisade_store::Store`], so it depends on no wasmtime
+//! or sled types.
 
 mod playbook;
 mod runner;
@@ -21,7 +21,7 @@ pub use crate::playbook::{CaseUpdate, OnError, Playbook, PlaybookError, Step, Tr
 pub use crate::runner::{PluginCaller, StepOutcome};
 pub use crate::template::Templates;
 
-/// Why the engine could not do what it was asked.
+/// Failure of an engine operation.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
@@ -30,7 +30,7 @@ pub enum EngineError {
     Playbook(String),
 }
 
-/// What ingesting one alert did.
+/// Outcome of ingesting one alert: its case and the runs it started.
 #[derive(Clone, Debug)]
 pub struct IngestReport {
     pub alert_id: String,

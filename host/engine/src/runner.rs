@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::playbook::{OnError, Playbook, Step};
 use crate::template::Templates;
 
-/// What one plugin call returned, as the engine records it.
+/// Result of one plugin call, as the engine records it.
 #[derive(Clone, Debug)]
 pub struct StepOutcome {
     pub result: Result<Value, StepError>,
@@ -22,8 +22,9 @@ pub struct StepOutcome {
     pub http_calls: Value,
 }
 
-/// The engine's way to reach plugins. The host implements it over the
-/// sandboxed runtime; the engine sees only JSON in and out.
+/// Interface through which the engine calls plugins. The host implements
+/// it over the sandboxed runtime, and the engine passes and receives only
+/// JSON.
 pub trait PluginCaller: Send + Sync + 'static {
     fn call(
         &self,
@@ -64,7 +65,7 @@ impl RunContext {
         );
     }
 
-    /// The context as one template value.
+    /// Builds the context as one template value.
     pub fn value(&self) -> minijinja::Value {
         minijinja::context! {
             alert => self.alert.clone(),

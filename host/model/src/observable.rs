@@ -88,7 +88,7 @@ impl Observable {
     }
 }
 
-/// Whether `ip` belongs to the organisation rather than the internet:
+/// Returns whether `ip` belongs to the organisation rather than the internet:
 /// loopback, private (RFC 1918), link-local, CGNAT (100.64.0.0/10),
 /// unique-local IPv6 (fc00::/7), unspecified, and IPv4-mapped forms of
 /// these.

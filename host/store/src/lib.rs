@@ -32,7 +32,7 @@ pub enum StoreError {
     NotFound { what: &'static str, id: String },
 }
 
-/// What ingesting one alert did.
+/// Outcome of ingesting one alert.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IngestOutcome {
     /// False when the same alert was ingested before; nothing was written.
@@ -63,7 +63,7 @@ pub trait Store: Send + Sync {
 
     fn case(&self, id: &str) -> Result<Option<Case>, StoreError>;
 
-    /// Every case, oldest first.
+    /// Returns every case, oldest first.
     fn cases(&self) -> Result<Vec<Case>, StoreError>;
 
     /// Applies `change` to case `id` atomically and returns the new case.
@@ -82,7 +82,7 @@ pub trait Store: Send + Sync {
 
     fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError>;
 
-    /// Every run, oldest first.
+    /// Returns every run, oldest first.
     fn runs(&self) -> Result<Vec<RunRecord>, StoreError>;
 
     /// Waits until every write so far is on disk.

@@ -141,8 +141,9 @@ fn database(error: sled::Error) -> StoreError {
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising our own model types to JSON cannot fail: they hold only
-    // strings, numbers, maps with string keys and `serde_json::Value`s.
+    // Serialising the model types to JSON cannot fail, because they contain
+    // only strings, numbers, maps with string keys and `serde_json::Value`s.
+    // An empty record would still fail loudly when it is read back.
     serde_json::to_vec(value).unwrap_or_default()
 }
 
@@ -445,7 +446,8 @@ mod tests {
         let store = SledStore::open(dir.path()).unwrap();
         let first = store.ingest_alert(&alert(FIM), Utc::now()).unwrap();
         let second = store.ingest_alert(&alert(FIM), Utc::now()).unwrap();
-        assert!(first.alert_is_new && first.case_is_new);
+        assert!(first.alert_is_new);
+        assert!(first.case_is_new);
         assert!(!second.alert_is_new);
         assert_eq!(first.case_id, second.case_id);
         assert_eq!(store.cases().unwrap().len(), 1);
