@@ -31,16 +31,25 @@ use palisade_runtime::{
 use reqwest::Url;
 use serde_json::{Value, json};
 
-/// CPU time limit of every call in these tests.
-const CPU_MS: u64 = 200;
+/// CPU time limit of the hostile plugin: short, so the endless loops stop
+/// quickly, yet long enough that the actions meant to fail another way get
+/// there first on a loaded machine.
+const CPU_MS: u64 = 500;
+/// CPU time limit of `noop`. The runtime measures CPU time with the epoch
+/// clock, so a call is also charged for time the OS gives other threads.
+/// Beside the spinning hostile calls on a loaded two-core machine, an echo
+/// that needs well under a millisecond was charged over 200 ms.
+const NOOP_CPU_MS: u64 = 2_000;
 const WALL_MS: u64 = 2_000;
 const MEMORY_BYTES: usize = 32 << 20;
 const OUTPUT_BYTES: usize = 64 << 10;
 const LOG_BYTES: usize = 4 << 10;
 
-/// Lines `log-flood` writes when the input sets no `lines`, the plugin's
-/// default.
-const LOG_FLOOD_LINES: u64 = 10_000;
+/// Lines the tests have `log-flood` write: 100 KB of messages, far over
+/// [`LOG_BYTES`]. Each line is one host call. With a debug-built host on a
+/// loaded two-core machine, 10 000 lines took about 50 ms alone and over
+/// 200 ms beside the concurrent calls, so 1 000 keep well below [`CPU_MS`].
+const LOG_FLOOD_LINES: u64 = 1_000;
 
 /// Upper bound on how long a call stopped by a limit may take. It only
 /// proves that the limit stopped the call; a limit that does not hold runs
@@ -186,7 +195,8 @@ impl SecretSource for TestSecrets {
 }
 
 /// A runtime with `hostile` loaded under `hostile_grant` and `noop` under
-/// the small limits, both backed by an empty in-memory key-value store.
+/// the small limits with [`NOOP_CPU_MS`], both backed by an empty in-memory
+/// key-value store.
 struct Sandbox {
     runtime: Arc<Runtime>,
     kv: Arc<MemoryKv>,
@@ -207,8 +217,10 @@ impl Sandbox {
             .load(&components.hostile, |_| hostile_grant.clone())
             .await
             .unwrap();
+        let mut noop_grant = grant_origins(&[]);
+        noop_grant.limits.cpu_ms = NOOP_CPU_MS;
         runtime
-            .load(&components.noop, |_| grant_origins(&[]))
+            .load(&components.noop, |_| noop_grant.clone())
             .await
             .unwrap();
         Self {
@@ -416,6 +428,10 @@ fn check_misbehaviour(case: &Misbehaviour, result: &Result<CallOutput, CallFailu
     );
 }
 
+fn log_flood_input() -> Value {
+    json!({ "lines": LOG_FLOOD_LINES })
+}
+
 /// Checks that `log-flood` succeeded with its logs capped at the limit.
 fn check_log_flood(result: &Result<CallOutput, CallFailure>) {
     let output = match result {
@@ -456,7 +472,9 @@ async fn each_misbehaviour_fails_with_its_kind() {
         );
     }
 
-    let flood = sandbox.call("hostile", "log-flood", json!({})).await;
+    let flood = sandbox
+        .call("hostile", "log-flood", log_flood_input())
+        .await;
     check_log_flood(&flood);
     assert_eq!(sandbox.kv.len(), 0, "`kv-write` reached the store");
 }
@@ -493,7 +511,9 @@ async fn misbehaviour_leaves_concurrent_calls_alone() {
     }
     let runtime = sandbox.runtime.clone();
     let flood =
-        tokio::spawn(async move { call(&runtime, "hostile", "log-flood", json!({})).await });
+        tokio::spawn(
+            async move { call(&runtime, "hostile", "log-flood", log_flood_input()).await },
+        );
     let mut echoes = Vec::new();
     for index in 0..NOOP_CALLS {
         let runtime = sandbox.runtime.clone();

@@ -19,6 +19,9 @@ pub struct Limits {
     /// Time the guest may run during one call, in milliseconds. Time spent
     /// waiting for `http.send` is not counted; every other host call is.
     /// Enforced by epoch interruption, so the resolution is one epoch tick.
+    /// NOTE: epochs follow the wall clock, so a call is also charged for
+    /// time the OS runs other threads, and on an overloaded host a call can
+    /// hit this limit while using far less CPU.
     pub cpu_ms: u64,
     /// Wall-clock time for the whole call, host imports included, in
     /// milliseconds.
