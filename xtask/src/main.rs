@@ -85,17 +85,91 @@ fn build_plugins() -> Result<(), String> {
 
 fn test() -> Result<(), String> {
     build_plugins()?;
+    let mut totals = TestTotals::default();
     let mut plugin_tests = cargo();
     plugin_tests.args([
         "test",
         "--manifest-path",
         "plugins/Cargo.toml",
         "--workspace",
+        "--lib",
     ]);
-    run(plugin_tests)?;
+    let plugins = run_tests(plugin_tests, &mut totals);
     let mut host_tests = cargo();
-    host_tests.args(["test", "--workspace"]);
-    run(host_tests)
+    host_tests.args([
+        "test",
+        "--workspace",
+        "--lib",
+        "--bins",
+        "--tests",
+        "--no-fail-fast",
+    ]);
+    let host = run_tests(host_tests, &mut totals);
+    // One closing line over every test binary, so the last line of the run
+    // is the whole suite's result rather than the last binary's.
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    plugins.and(host)
+}
+
+/// Test counts added up over the `test result:` lines of cargo's output.
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    /// Adds the counts of one `test result: ok. 3 passed; 0 failed; ...`
+    /// line.
+    fn add(&mut self, line: &str) {
+        let Some(counts) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in counts.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            let (Some(number), Some(label)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(number) = number.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += number,
+                "failed" => self.failed += number,
+                "ignored" => self.ignored += number,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs a `cargo test` command, passing its output through and adding up
+/// its results.
+fn run_tests(mut command: Command, totals: &mut TestTotals) -> Result<(), String> {
+    let shown = format!("{command:?}");
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("cannot start {shown}: {error}"))?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let line = line.map_err(|error| format!("cannot read test output: {error}"))?;
+            println!("{line}");
+            totals.add(&line);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|error| format!("{shown} did not finish: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {status}"))
+    }
 }
 
 /// Environment variable that carries the demo's placeholder API key, so a
@@ -169,4 +243,21 @@ name = "virustotal-api-key"
 origins = ["http://{address}"]
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_result_lines() {
+        let mut totals = TestTotals::default();
+        totals.add("test result: ok. 76 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.15s");
+        totals
+            .add("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        totals.add("running 4 tests");
+        assert_eq!(totals.passed, 79);
+        assert_eq!(totals.failed, 2);
+        assert_eq!(totals.ignored, 1);
+    }
 }
