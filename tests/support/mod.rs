@@ -210,8 +210,10 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Path of `name` in the shared sample data beside the repository, when
-/// that folder is present. Tests that need files which may not be copied
-/// into the repository skip cleanly without it.
+/// that folder is present. Tests that read files which may not be copied
+/// into the repository are `#[ignore]`d, and `cargo xtask test` includes
+/// them only when the folder exists, so a fresh clone reports them as
+/// skipped.
 pub fn shared_data(name: &str) -> Option<PathBuf> {
     let path = repo_root().join("../shared/data").join(name);
     path.is_file().then_some(path)

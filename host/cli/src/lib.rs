@@ -93,6 +93,17 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Show each plugin's API quotas: rate and tokens left, daily and
+    /// monthly use, requests in flight and pauses after a 429 response.
+    Quota {
+        /// Read the live state from a running daemon at this URL. Without
+        /// it, the counts stored in the database are shown, with full rate
+        /// buckets and nothing in flight.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Load threat-intelligence files into the ti-matcher plugin.
     Intel {
         /// STIX 2.1 bundles (.json) or CSV block lists (.csv).
@@ -136,6 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output::runs(&config, id.as_deref(), server.as_deref(), json).await
         }
         Command::Plugin { command } => plugin_command(&config, command).await,
+        Command::Quota { server, json } => output::quotas(&config, server.as_deref(), json).await,
         Command::Intel { files } => {
             let host = host::build(&config, None).await?;
             load_intel(&host, &files).await?;
@@ -241,7 +253,12 @@ async fn load_intel(host: &host::Host, files: &[PathBuf]) -> anyhow::Result<()> 
             .get("loaded")
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        eprintln!("loaded {loaded} indicators from {}", file.display());
+        let noun = if loaded == 1 {
+            "indicator"
+        } else {
+            "indicators"
+        };
+        eprintln!("loaded {loaded} {noun} from {}", file.display());
     }
     Ok(())
 }

@@ -218,6 +218,18 @@ impl<C: PluginCaller> Engine<C> {
             return Err(error.into());
         }
         self.store.put_run(&run)?;
+        for step in &run.steps {
+            if let Some(error) = &step.error {
+                tracing::warn!(
+                    run.id = %run.id,
+                    step.id = %step.id,
+                    plugin.action = %step.uses,
+                    error.kind = %error.kind,
+                    error = %error.message,
+                    "step failed"
+                );
+            }
+        }
 
         let (fields, errors) = runner::case_fields(&self.templates, playbook, &context);
         for error in &errors {
