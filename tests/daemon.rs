@@ -210,10 +210,14 @@ async fn invalid_alerts_are_rejected_with_their_line() {
     assert_eq!(body["accepted"].as_array().unwrap().len(), 5);
     assert_eq!(body["rejected"][0]["line"], 1);
 
-    let response = reqwest::get(format!("{}/v1/cases/C99999999", daemon.base))
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 404);
+    for path in ["/v1/cases/C99999999", "/v1/nothing"] {
+        let response = reqwest::get(format!("{}{path}", daemon.base))
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 404, "{path}");
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
     daemon.stop();
 }
 

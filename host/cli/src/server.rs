@@ -32,6 +32,7 @@ const WORKERS: usize = 4;
 
 struct AppState {
     engine: Arc<Engine<RuntimeCaller>>,
+    caller: Arc<RuntimeCaller>,
     queue: mpsc::Sender<(Alert, String)>,
 }
 
@@ -62,6 +63,7 @@ pub async fn serve(
 
     let state = Arc::new(AppState {
         engine: engine.clone(),
+        caller: host.caller.clone(),
         queue,
     });
     let app = Router::new()
@@ -71,6 +73,8 @@ pub async fn serve(
         .route("/v1/cases/{id}", get(show_case))
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(show_run))
+        .route("/v1/quotas", get(list_quotas))
+        .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
 
@@ -134,6 +138,14 @@ fn not_found(what: &str, id: &str) -> ApiError {
         status: StatusCode::NOT_FOUND,
         code: "not_found",
         message: format!("{what} {id:?} not found"),
+    }
+}
+
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: format!("no route {}; the API is under /v1", uri.path()),
     }
 }
 
@@ -216,4 +228,10 @@ async fn show_run(
         .map_err(internal)?
         .ok_or_else(|| not_found("run", &id))?;
     Ok(Json(serde_json::to_value(run).map_err(internal)?))
+}
+
+/// The live quota state of every plugin with quota rules or a pause.
+async fn list_quotas(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let quotas = state.caller.runtime.quotas().status();
+    Ok(Json(serde_json::to_value(quotas).map_err(internal)?))
 }
