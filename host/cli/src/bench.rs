@@ -7,6 +7,13 @@
 //! plugin's limits (resource limiter, epoch deadline, wall-clock timeout),
 //! the call, JSON parsing of the output, and a journal write of the step to
 //! sled. The two alternate in blocks so machine noise hits both alike.
+//!
+//! The quota part times `virustotal.file-report` against a stand-in on
+//! 127.0.0.1, once under a grant without quota rules and once under a rule
+//! with every kind of limit. That rule checks a rate, a daily and a monthly
+//! count (stored in sled) and a concurrency limit, and none of them is ever
+//! reached. The difference is the cost of the quota checks on a real
+//! outbound request.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,11 +21,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use clap::Args;
 use palisade_model::{RunRecord, RunStatus, StepRecord, StepStatus};
-use palisade_runtime::{Runtime, RuntimeConfig};
+use palisade_runtime::{CallContext, Grant, QuotaRule, RateRule, Runtime, RuntimeConfig};
 use palisade_store::{SledStore, Store};
 use serde_json::json;
 
-use crate::config::Config;
+use crate::config::{Config, SecretConfig};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -35,6 +42,10 @@ pub struct BenchArgs {
     /// Calls per block; the sides alternate block by block.
     #[arg(long, default_value_t = 250)]
     pub block: usize,
+    /// VirusTotal lookups to a loopback server measured with and without a
+    /// quota rule; 0 skips that part.
+    #[arg(long, default_value_t = 1_000)]
+    pub quota_iterations: usize,
 }
 
 struct Summary {
@@ -163,6 +174,9 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
         "ratio palisade/bare at p50: {:.2}",
         micros(palisade.p50) / micros(bare.p50)
     );
+    if args.quota_iterations > 0 {
+        quota_overhead(config, args.quota_iterations, args.block).await?;
+    }
     if args.alerts > 0 {
         throughput(config, args.alerts, args.tasks).await?;
     }
@@ -259,6 +273,160 @@ async fn throughput(config: &Config, count: usize, tasks: usize) -> anyhow::Resu
         count as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1e6 / count as f64
+    );
+    Ok(())
+}
+
+/// Name of the secret the VirusTotal plugin requests.
+const VIRUSTOTAL_SECRET: &str = "virustotal-api-key";
+
+/// Starts a VirusTotal stand-in on 127.0.0.1 that responds to every file
+/// lookup with the API's `NotFoundError`, and returns its origin.
+async fn start_virustotal_stub() -> anyhow::Result<String> {
+    async fn not_found() -> impl axum::response::IntoResponse {
+        let body = json!({ "error": { "code": "NotFoundError", "message": "not found" } });
+        (axum::http::StatusCode::NOT_FOUND, axum::Json(body))
+    }
+    let app = axum::Router::new().route("/api/v3/files/{id}", axum::routing::get(not_found));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::warn!(%error, "benchmark stub server stopped");
+        }
+    });
+    Ok(format!("http://{address}"))
+}
+
+/// Returns the VirusTotal grant for the stand-in at `origin`, with `quotas`.
+fn virustotal_grant(origin: &str, quotas: Vec<QuotaRule>) -> Grant {
+    let mut grant = Grant {
+        http_origins: vec![origin.to_string()],
+        quotas,
+        ..Grant::default()
+    };
+    grant.config.insert("base_url".into(), origin.to_string());
+    grant.secrets = vec![palisade_runtime::SecretGrant {
+        name: VIRUSTOTAL_SECRET.into(),
+        origins: vec![origin.to_string()],
+    }];
+    grant
+}
+
+/// Returns a quota rule with every kind of limit, set far above what the
+/// benchmark sends, so each request runs all checks and is always admitted.
+fn unreachable_quota() -> QuotaRule {
+    QuotaRule {
+        origin: None,
+        rate: Some(RateRule {
+            requests: u32::MAX,
+            per_seconds: 1,
+        }),
+        daily: Some(u64::MAX),
+        monthly: Some(u64::MAX),
+        concurrency: Some(u32::MAX),
+        on_exceed: palisade_runtime::OnExceed::Fail,
+        max_wait_ms: None,
+    }
+}
+
+/// Builds a host in `dir` whose VirusTotal plugin has `grant`.
+async fn quota_bench_host(
+    config: &Config,
+    dir: &std::path::Path,
+    grant: Grant,
+) -> anyhow::Result<crate::host::Host> {
+    std::fs::create_dir_all(dir)?;
+    let key_file = dir.join("vt-key");
+    std::fs::write(&key_file, "benchmark-key")?;
+    let playbook = dir.join("bench.yaml");
+    std::fs::write(&playbook, THROUGHPUT_PLAYBOOK)?;
+    let mut bench_config = config.clone();
+    bench_config.data_dir = dir.join("data");
+    bench_config.secrets.insert(
+        VIRUSTOTAL_SECRET.into(),
+        SecretConfig {
+            env: None,
+            file: Some(key_file),
+        },
+    );
+    bench_config.plugins.insert("virustotal".into(), grant);
+    crate::host::build(&bench_config, Some(&playbook)).await
+}
+
+/// Times one `virustotal.file-report` call, which must find nothing.
+async fn time_lookup(
+    runtime: &Runtime,
+    input: &serde_json::Value,
+    context: &CallContext,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let call = runtime
+        .invoke("virustotal", "file-report", input, context)
+        .await
+        .map_err(|failure| anyhow::anyhow!(failure.error))?;
+    if call.output.get("found") != Some(&serde_json::Value::Bool(false)) {
+        anyhow::bail!("unexpected lookup output {}", call.output);
+    }
+    Ok(started.elapsed())
+}
+
+/// Times `iterations` VirusTotal lookups on each side, alternating in
+/// blocks of `block`, and prints the per-call figures.
+async fn quota_overhead(config: &Config, iterations: usize, block: usize) -> anyhow::Result<()> {
+    let origin = start_virustotal_stub().await?;
+    let scratch = tempfile::tempdir()?;
+    let plain_grant = virustotal_grant(&origin, Vec::new());
+    let quota_grant = virustotal_grant(&origin, vec![unreachable_quota()]);
+    let plain = quota_bench_host(config, &scratch.path().join("plain"), plain_grant).await?;
+    let quota = quota_bench_host(config, &scratch.path().join("quota"), quota_grant).await?;
+    let hosts = [&plain.caller.runtime, &quota.caller.runtime];
+
+    let input = json!({ "hash": format!("{:064x}", 1) });
+    let context = CallContext::default();
+    for runtime in hosts {
+        for _ in 0..block.min(iterations) {
+            time_lookup(runtime, &input, &context).await?;
+        }
+    }
+    let mut samples = [
+        Vec::with_capacity(iterations),
+        Vec::with_capacity(iterations),
+    ];
+    while samples[1].len() < iterations {
+        for (runtime, side) in hosts.iter().zip(samples.iter_mut()) {
+            for _ in 0..block.min(iterations - side.len()) {
+                side.push(time_lookup(runtime, &input, &context).await?);
+            }
+        }
+    }
+
+    let [plain_samples, quota_samples] = samples;
+    let plain = summarise(plain_samples);
+    let quota = summarise(quota_samples);
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    println!();
+    println!(
+        "quota overhead, {iterations} calls each, virustotal.file-report to a loopback server"
+    );
+    println!(
+        "{:<36} {:>9} {:>9} {:>9}",
+        "", "p50 us", "p99 us", "mean us"
+    );
+    for (name, summary) in [
+        ("origin and secret checks only", &plain),
+        ("plus quota (rate, day, month, conc.)", &quota),
+    ] {
+        println!(
+            "{name:<36} {:>9.1} {:>9.1} {:>9.1}",
+            micros(summary.p50),
+            micros(summary.p99),
+            micros(summary.mean)
+        );
+    }
+    println!(
+        "quota cost per call at p50: {:.1} us",
+        micros(quota.p50) - micros(plain.p50)
     );
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use palisade_runtime::{Grant, SecretSource, SecretValue};
+use palisade_runtime::{Grant, Policy, SecretSource, SecretValue};
 use serde::Deserialize;
 
 /// Default address of `palisade serve`: loopback only, so a fresh install is
@@ -85,6 +85,11 @@ impl Config {
             .with_context(|| format!("cannot read configuration file {}", path.display()))?;
         let mut config: Config = toml::from_str(&text)
             .with_context(|| format!("invalid configuration file {}", path.display()))?;
+        for (name, grant) in &config.plugins {
+            Policy::new(grant.clone()).with_context(|| {
+                format!("invalid grant for plugin {name:?} in {}", path.display())
+            })?;
+        }
         for (name, secret) in &config.secrets {
             if secret.env.is_some() == secret.file.is_some() {
                 anyhow::bail!(
@@ -177,6 +182,44 @@ mod tests {
             palisade_runtime::Limits::default().cpu_ms
         );
         assert!(config.grant("unknown").http_origins.is_empty());
+    }
+
+    #[test]
+    fn invalid_quota_names_plugin_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("palisade.toml");
+        let text = r#"
+            [plugins.virustotal]
+            http_origins = ["https://www.virustotal.com"]
+
+            [[plugins.virustotal.quotas]]
+            rate = { requests = 0, per_seconds = 60 }
+        "#;
+        std::fs::write(&path, text).unwrap();
+        let error = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+        assert!(error.contains("\"virustotal\""), "{error}");
+        assert!(error.contains("quotas[0].rate.requests"), "{error}");
+    }
+
+    #[test]
+    fn quotas_parse_from_toml() {
+        let text = r#"
+            [plugins.virustotal]
+            http_origins = ["https://www.virustotal.com"]
+
+            [[plugins.virustotal.quotas]]
+            origin = "https://www.virustotal.com"
+            rate = { requests = 4, per_seconds = 60 }
+            daily = 500
+            on_exceed = "wait"
+            max_wait_ms = 30000
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        let grant = config.grant("virustotal");
+        assert_eq!(grant.quotas.len(), 1);
+        assert_eq!(grant.quotas[0].daily, Some(500));
+        assert_eq!(grant.quotas[0].on_exceed, palisade_runtime::OnExceed::Wait);
+        assert!(Policy::new(grant).is_ok());
     }
 
     #[test]

@@ -1,11 +1,11 @@
-//! Human-readable output of cases, runs and plugins.
+//! Human-readable output of cases, runs, plugins and quotas.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use palisade_model::{Case, RunRecord, StepStatus};
-use palisade_runtime::LoadedPlugin;
+use palisade_runtime::{CountStatus, LoadedPlugin, PluginQuotaStatus, RuleStatus};
 use palisade_store::Store;
 use serde_json::Value;
 
@@ -294,6 +294,79 @@ pub async fn runs(
         for run in &runs {
             print!("{}", run_detail(run));
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Formats quota state: one line per rule, then one per paused origin.
+pub fn quota_table(plugins: &[PluginQuotaStatus]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<32} {:<10} {:>7} {:>13} {:>15} {:>9}  PAUSED UNTIL",
+        "PLUGIN", "ORIGIN", "RATE", "TOKENS", "DAY", "MONTH", "IN FLIGHT"
+    );
+    for plugin in plugins {
+        for rule in &plugin.rules {
+            let _ = writeln!(out, "{}", quota_row(&plugin.plugin, rule));
+        }
+        for pause in &plugin.pauses {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<32} paused after HTTP 429 until {}",
+                plugin.plugin,
+                pause.origin,
+                pause
+                    .until
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+    }
+    out
+}
+
+fn quota_row(plugin: &str, rule: &RuleStatus) -> String {
+    let (rate, tokens) = match &rule.rate {
+        Some(rate) => (
+            format!("{}/{}s", rate.requests, rate.per_seconds),
+            format!("{:.1}", rate.tokens),
+        ),
+        None => ("-".into(), "-".into()),
+    };
+    let count = |count: &Option<CountStatus>| match count {
+        Some(count) => format!("{}/{}", count.used, count.allowed),
+        None => "-".into(),
+    };
+    let in_flight = match rule.concurrency {
+        Some(allowed) => format!("{}/{allowed}", rule.in_flight),
+        None => rule.in_flight.to_string(),
+    };
+    let paused = rule
+        .paused_until
+        .map(|until| until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{plugin:<16} {:<32} {rate:<10} {tokens:>7} {:>13} {:>15} {in_flight:>9}  {paused}",
+        rule.origin.as_deref().unwrap_or("(all origins)"),
+        count(&rule.daily),
+        count(&rule.monthly),
+    )
+}
+
+/// `palisade quota`: the live state from a daemon with `server`, or else
+/// the counts stored in the database.
+pub async fn quotas(config: &Config, server: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let quotas: Vec<PluginQuotaStatus> = match server {
+        Some(server) => serde_json::from_value(fetch(server, "/v1/quotas").await?)?,
+        None => {
+            let host = crate::host::build(config, None).await?;
+            host.caller.runtime.quotas().status()
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&quotas)?);
+    } else {
+        print!("{}", quota_table(&quotas));
     }
     Ok(ExitCode::SUCCESS)
 }

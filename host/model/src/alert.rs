@@ -170,6 +170,7 @@ fn wazuh(raw: Value) -> Result<Alert, NormaliseError> {
     let level =
         raw.pointer("/rule/level")
             .and_then(Value::as_u64)
+            .filter(|level| *level <= 15)
             .ok_or(NormaliseError::Field {
                 source_name: "Wazuh",
                 field: "rule.level",

@@ -14,9 +14,24 @@ pub struct InputError {
     pub message: String,
 }
 
+/// Maximum nesting of arrays and objects in an alert. Stored records wrap
+/// the alert in a few more levels, and serde_json refuses to read documents
+/// nested deeper than 128, so a deeper alert could be stored but never read
+/// back.
+pub const MAX_ALERT_DEPTH: usize = 64;
+
+/// Parses every alert in `bytes`, which may carry a UTF-8 byte-order mark.
+/// Invalid UTF-8 sequences are replaced with U+FFFD, so one bad byte spoils
+/// one field rather than the whole input.
+pub fn parse_alert_bytes(bytes: &[u8]) -> Vec<Result<Alert, InputError>> {
+    let text = String::from_utf8_lossy(bytes);
+    parse_alerts(&text)
+}
+
 /// Parses every alert in `text`. Records that fail are reported with their
 /// line and do not stop the others.
 pub fn parse_alerts(text: &str) -> Vec<Result<Alert, InputError>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
         return parse_array(text);
@@ -82,10 +97,36 @@ fn normalise(line: usize, value: Value) -> Result<Alert, InputError> {
             message: format!("expected a JSON object, found {}", json_kind(&value)),
         });
     }
+    if depth(&value) > MAX_ALERT_DEPTH {
+        return Err(InputError {
+            line,
+            message: format!(
+                "alert is nested deeper than {MAX_ALERT_DEPTH} levels of arrays and objects; flatten it before sending"
+            ),
+        });
+    }
     Alert::from_raw(value).map_err(|error| InputError {
         line,
         message: error.to_string(),
     })
+}
+
+/// Nesting depth of `value`: 0 for a scalar, 1 for a flat array or object.
+fn depth(value: &Value) -> usize {
+    // An explicit stack, so a hostile document cannot overflow the call
+    // stack here. serde_json has already refused anything past depth 128.
+    let mut deepest = 0;
+    let mut pending = vec![(value, 0)];
+    while let Some((value, level)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(level + 1);
+        pending.extend(children.map(|child| (child, level + 1)));
+    }
+    deepest
 }
 
 fn json_kind(value: &Value) -> &'static str {
@@ -157,6 +198,42 @@ mod tests {
             "{}",
             not_object.message
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected() {
+        let mut nested = String::from("\"x\"");
+        for _ in 0..MAX_ALERT_DEPTH {
+            nested = format!("[{nested}]");
+        }
+        let text = WAZUH.replacen('{', &format!("{{\"deep\": {nested}, "), 1);
+        let alerts = parse_alerts(&text);
+        let error = alerts[0].as_ref().unwrap_err();
+        assert!(error.message.contains("nested deeper"), "{}", error.message);
+    }
+
+    #[test]
+    fn byte_order_mark_and_bad_bytes_are_tolerated() {
+        let mut bytes = "\u{feff}".as_bytes().to_vec();
+        bytes.extend_from_slice(WAZUH.as_bytes());
+        bytes.push(b'\n');
+        let broken = WAZUH.replace("File added", "File \u{1}added");
+        let mut broken = broken.into_bytes();
+        let position = broken.iter().position(|&b| b == 1).unwrap();
+        broken[position] = 0xff;
+        bytes.extend_from_slice(&broken);
+        let alerts = parse_alert_bytes(&bytes);
+        assert_eq!(alerts.len(), 2);
+        assert!(alerts[0].is_ok(), "{:?}", alerts[0]);
+        let second = alerts[1].as_ref().unwrap();
+        assert!(second.rule.name.contains('\u{fffd}'), "{}", second.rule.name);
+    }
+
+    #[test]
+    fn wazuh_level_above_fifteen_is_rejected() {
+        let text = WAZUH.replace("\"level\":5", "\"level\":99");
+        let error = parse_alerts(&text).pop().unwrap().unwrap_err();
+        assert!(error.message.contains("rule.level"), "{}", error.message);
     }
 
     #[test]

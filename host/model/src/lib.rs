@@ -11,6 +11,6 @@ mod run;
 
 pub use alert::{Alert, NormaliseError, Rule, Severity};
 pub use case::{Case, CaseObservable, CaseStatus, TimelineEvent};
-pub use ingest::{InputError, parse_alerts};
+pub use ingest::{InputError, MAX_ALERT_DEPTH, parse_alert_bytes, parse_alerts};
 pub use observable::{Observable, ObservableKind, is_internal_ip};
 pub use run::{RunRecord, RunStatus, StepError, StepRecord, StepStatus};

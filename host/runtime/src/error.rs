@@ -107,8 +107,17 @@ pub enum LoadError {
     Grant {
         plugin: String,
         #[source]
-        source: crate::policy::InvalidOrigin,
+        source: crate::policy::InvalidGrant,
     },
+    #[error(
+        "plugin name {name:?} from {path:?} is not kebab-case; use lowercase letters, digits and single hyphens, starting with a letter"
+    )]
+    InvalidName {
+        name: String,
+        path: std::path::PathBuf,
+    },
+    #[error(transparent)]
+    Quota(#[from] crate::quota::QuotaStoreError),
     #[error(
         "plugin {plugin:?} is granted {requested} bytes of memory, over the host maximum of {max}; lower `limits.memory_bytes`"
     )]

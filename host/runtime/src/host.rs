@@ -15,9 +15,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::palisade::plugin::{clock, config, http, key_value, log};
 use crate::outbound::{self, Outbound};
 use crate::policy::Policy;
+use crate::quota::Quotas;
 
 /// Storage behind the plugins' key-value namespaces. Implementations keep
 /// each namespace apart; the runtime passes the plugin name as `namespace`.
+/// The runtime also stores its quota counts here, in
+/// [`QUOTA_NAMESPACE`](crate::QUOTA_NAMESPACE), which no plugin name can equal.
 pub trait KeyValueStore: Send + Sync {
     fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String>;
     fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), String>;
@@ -94,6 +97,7 @@ pub(crate) struct Services {
     pub kv: Option<Arc<dyn KeyValueStore>>,
     pub secrets: Option<Arc<dyn SecretSource>>,
     pub outbound: Outbound,
+    pub quotas: Quotas,
 }
 
 /// State of one call's `Store`.
@@ -115,6 +119,9 @@ pub(crate) struct HostState {
     /// Time spent waiting in `http.send`, which the CPU time limit does not
     /// count.
     pub http_wait: Duration,
+    /// End of the call's wall-clock limit. A request waiting for its quota
+    /// stops waiting then.
+    pub deadline: Option<Instant>,
 }
 
 impl HostState {
@@ -136,6 +143,7 @@ impl HostState {
             memory_limit_hit: false,
             resource_limit_hit: false,
             http_wait: Duration::ZERO,
+            deadline: None,
         }
     }
 
@@ -237,7 +245,12 @@ impl http::Host for HostState {
             )))
         } else {
             let waiting = Instant::now();
-            let result = outbound::send(&self.services, &self.policy, request).await;
+            let caller = outbound::Caller {
+                plugin: &self.plugin,
+                policy: &self.policy,
+                deadline: self.deadline,
+            };
+            let result = outbound::send(&self.services, caller, request).await;
             self.http_wait += waiting.elapsed();
             result
         };

@@ -13,12 +13,17 @@
 //! whole call (the epoch cannot interrupt a guest while it waits inside a
 //! host import), linear memory and tables by a resource limiter, the wasm
 //! stack by `max_wasm_stack`, and output and log volume by size caps.
+//!
+//! Limits across calls: the API quotas of each plugin (rates, daily and
+//! monthly counts, requests in flight), kept in one [`Quotas`] registry
+//! that every call of the runtime shares.
 
 mod cache;
 mod error;
 mod host;
 mod outbound;
 mod policy;
+mod quota;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -53,7 +58,13 @@ use crate::host::{HostState, Services};
 pub use crate::error::{CallError, LoadError};
 pub use crate::host::{HttpCall, KeyValueStore, LogLevel, LogLine, SecretSource, SecretValue};
 pub use crate::outbound::is_blocked;
-pub use crate::policy::{Grant, InvalidOrigin, Limits, OriginPattern, Policy, SecretGrant};
+pub use crate::policy::{
+    Grant, InvalidGrant, InvalidOrigin, Limits, OriginPattern, Policy, SecretGrant,
+};
+pub use crate::quota::{
+    CountStatus, InvalidQuota, OnExceed, PauseStatus, PluginQuotaStatus, QUOTA_NAMESPACE,
+    QuotaRule, QuotaStoreError, Quotas, RateRule, RateStatus, RuleStatus,
+};
 
 /// Interval at which the ticker thread advances the engine's epoch.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -174,6 +185,7 @@ impl Runtime {
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
 
         let outbound = outbound::Outbound::new()?;
+        let quotas = Quotas::new(kv.clone());
         Ok(Self {
             engine,
             linker,
@@ -183,6 +195,7 @@ impl Runtime {
                 kv,
                 secrets,
                 outbound,
+                quotas,
             }),
             ticker_stop,
         })
@@ -190,6 +203,11 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Returns the API quota registry of the loaded plugins.
+    pub fn quotas(&self) -> &Quotas {
+        &self.services.quotas
     }
 
     /// Loads the component at `path`, calls its `describe` export under
@@ -229,6 +247,12 @@ impl Runtime {
                 path: path.to_path_buf(),
                 source,
             })?;
+        if !is_plugin_name(&info.name) {
+            return Err(LoadError::InvalidName {
+                name: info.name,
+                path: path.to_path_buf(),
+            });
+        }
         let grant = grant_for(&info.name);
         if grant.limits.memory_bytes > MAX_MEMORY_BYTES {
             return Err(LoadError::MemoryGrantTooLarge {
@@ -241,6 +265,7 @@ impl Runtime {
             plugin: info.name.clone(),
             source,
         })?;
+        self.services.quotas.register(&info.name, &policy)?;
         let loaded = Arc::new(LoadedPlugin {
             info,
             path: path.to_path_buf(),
@@ -331,11 +356,12 @@ impl Runtime {
     ) -> Result<CallOutput, CallFailure> {
         let started = Instant::now();
         let limits = loaded.policy.limits().clone();
-        let state = HostState::new(
+        let mut state = HostState::new(
             loaded.info.name.clone(),
             loaded.policy.clone(),
             self.services.clone(),
         );
+        state.deadline = Some(started + limits.wall_time());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
         limit_cpu_time(&mut store, limits.cpu_ms);
@@ -465,6 +491,21 @@ fn engine_config() -> Config {
     config.memory_reservation(1 << 30);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
+}
+
+/// Returns whether `name` is kebab-case: lowercase ASCII letters and digits in
+/// words joined by single hyphens, starting with a letter. The name is the
+/// plugin's key-value namespace, so the rule also keeps plugins out of the
+/// runtime's own namespaces, such as [`QUOTA_NAMESPACE`].
+fn is_plugin_name(name: &str) -> bool {
+    let starts_with_letter = name.starts_with(|c: char| c.is_ascii_lowercase());
+    let words_valid = name.split('-').all(|word| {
+        !word.is_empty()
+            && word
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    });
+    starts_with_letter && words_valid
 }
 
 /// Number of epoch ticks covering `cpu_ms`, at least one.
@@ -612,5 +653,32 @@ fn map_plugin_error(error: wit::PluginError) -> CallError {
         },
         wit::PluginError::Denied(message) => CallError::Denied { message },
         wit::PluginError::Internal(message) => CallError::Internal { message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_names_are_kebab_case() {
+        for name in ["noop", "ti-matcher", "virustotal", "x2", "a-1b-c"] {
+            assert!(is_plugin_name(name), "{name:?} was rejected");
+        }
+        let invalid = [
+            "",
+            "Noop",
+            "ti_matcher",
+            "-noop",
+            "noop-",
+            "ti--matcher",
+            "2fa",
+            QUOTA_NAMESPACE,
+            "a b",
+            "caf\u{e9}",
+        ];
+        for name in invalid {
+            assert!(!is_plugin_name(name), "{name:?} was accepted");
+        }
     }
 }

@@ -11,7 +11,9 @@
 //!    link-local, CGNAT, unique-local or unspecified address is dropped, so
 //!    the connection goes to an address that was checked. An address literal
 //!    in the URL is allowed in those ranges only when a granted origin names
-//!    that exact literal, which is how tests reach servers on 127.0.0.1.
+//!    that exact literal, which is how tests reach servers on 127.0.0.1;
+//! 5. the plugin's quotas admit the request (see [`crate::quota`]), which
+//!    may wait, and only then is it sent.
 //!
 //! Redirects are never followed: a plugin sees the 3xx response and may
 //! issue a new request, which goes through the same checks. Environment
@@ -20,7 +22,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::Url;
@@ -49,12 +51,48 @@ impl Outbound {
     }
 }
 
-/// Sends `request` for a plugin under `policy`.
+/// The plugin call a request comes from.
+pub(crate) struct Caller<'a> {
+    pub plugin: &'a str,
+    pub policy: &'a Policy,
+    /// End of the call's wall-clock limit.
+    pub deadline: Option<Instant>,
+}
+
+/// Sends `request` for a plugin call: checks it against the policy, waits
+/// for the plugin's quotas to admit it, sends it and reads the response.
+/// The quota permit is held until the body is read, so a concurrency limit
+/// counts the whole exchange.
 pub(crate) async fn send(
+    services: &Services,
+    caller: Caller<'_>,
+    request: Request,
+) -> Result<Response, HttpError> {
+    let limits = caller.policy.limits();
+    let (builder, url) = prepare(services, caller.policy, request)?;
+    let _permit = services
+        .quotas
+        .admit(caller.plugin, &url, caller.deadline)
+        .await?;
+    let response = builder.send().await.map_err(map_reqwest_error)?;
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok());
+    services
+        .quotas
+        .note_response(caller.plugin, &url, response.status().as_u16(), retry_after);
+    read_response(response, limits.http_response_bytes).await
+}
+
+/// Checks `request` against `policy` and builds it, with any granted secret
+/// in place. Returns the builder and the URL as the plugin wrote it, which
+/// has no secret in it.
+fn prepare(
     services: &Services,
     policy: &Policy,
     request: Request,
-) -> Result<Response, HttpError> {
+) -> Result<(reqwest::RequestBuilder, Url), HttpError> {
     let mut url = Url::parse(&request.url)
         .map_err(|error| HttpError::InvalidRequest(format!("invalid URL: {error}")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -75,6 +113,7 @@ pub(crate) async fn send(
         )));
     }
     check_address_literal(&url, policy)?;
+    let checked_url = url.clone();
 
     let method = reqwest::Method::from_bytes(request.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| HttpError::InvalidRequest(format!("invalid method {:?}", request.method)))?;
@@ -136,9 +175,7 @@ pub(crate) async fn send(
     if let Some(body) = request.body {
         builder = builder.body(body);
     }
-
-    let response = builder.send().await.map_err(map_reqwest_error)?;
-    read_response(response, limits.http_response_bytes).await
+    Ok((builder, checked_url))
 }
 
 async fn read_response(
@@ -199,6 +236,8 @@ pub(crate) fn describe_error(error: &HttpError) -> String {
         HttpError::Timeout => "timeout".to_string(),
         HttpError::Transport(message) => format!("transport: {message}"),
         HttpError::ResponseTooLarge => "response too large".to_string(),
+        HttpError::RateLimited(Some(ms)) => format!("rate limited: retry after {ms} ms"),
+        HttpError::RateLimited(None) => "rate limited".to_string(),
     }
 }
 

@@ -2,13 +2,17 @@
 //!
 //! A plugin gets nothing it was not granted: no origin, no secret, no
 //! key-value namespace and no setting. Limits have conservative defaults so
-//! an operator who grants nothing still gets a bounded plugin.
+//! an operator who grants nothing still gets a bounded plugin. Quotas are
+//! off unless the grant lists rules.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
 use url::Url;
+
+use crate::quota::{CheckedRule, InvalidQuota, QuotaRule, check_rules};
 
 /// Resource limits applied to every call of one plugin.
 #[derive(Clone, Debug, Deserialize)]
@@ -83,6 +87,9 @@ pub struct Grant {
     /// Settings visible to the plugin through its `config` import.
     pub config: BTreeMap<String, String>,
     pub limits: Limits,
+    /// API quotas on the plugin's outbound requests, shared by all its
+    /// calls. Every rule that covers a request must admit it.
+    pub quotas: Vec<QuotaRule>,
 }
 
 /// A parsed origin pattern: scheme, host (optionally `*.` wildcard) and port.
@@ -99,6 +106,15 @@ enum HostPattern {
     /// `*.example.com` matches `a.example.com` and `a.b.example.com`, not
     /// `example.com`.
     Subdomains(String),
+}
+
+/// A grant that cannot be enforced as written.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidGrant {
+    #[error(transparent)]
+    Origin(#[from] InvalidOrigin),
+    #[error(transparent)]
+    Quota(#[from] InvalidQuota),
 }
 
 /// An origin pattern that could not be parsed.
@@ -157,13 +173,44 @@ impl OriginPattern {
         let host = host.to_ascii_lowercase();
         let host_matches = match &self.host {
             HostPattern::Exact(exact) => host == *exact,
-            HostPattern::Subdomains(suffix) => host
-                .strip_suffix(suffix.as_str())
-                .is_some_and(|label| label.ends_with('.') && label.len() > 1),
+            HostPattern::Subdomains(suffix) => is_subdomain(&host, suffix),
         };
         url.scheme() == self.scheme
             && host_matches
             && url.port_or_known_default() == Some(self.port)
+    }
+
+    /// Returns whether some URL is inside both this origin and `other`.
+    pub fn overlaps(&self, other: &OriginPattern) -> bool {
+        let hosts_overlap = match (&self.host, &other.host) {
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+            (HostPattern::Exact(host), HostPattern::Subdomains(suffix))
+            | (HostPattern::Subdomains(suffix), HostPattern::Exact(host)) => {
+                is_subdomain(host, suffix)
+            }
+            (HostPattern::Subdomains(a), HostPattern::Subdomains(b)) => {
+                a == b || is_subdomain(a, b) || is_subdomain(b, a)
+            }
+        };
+        self.scheme == other.scheme && self.port == other.port && hosts_overlap
+    }
+}
+
+/// Returns whether `host` is a proper subdomain of `suffix`.
+fn is_subdomain(host: &str, suffix: &str) -> bool {
+    host.strip_suffix(suffix)
+        .is_some_and(|label| label.ends_with('.') && label.len() > 1)
+}
+
+/// Writes the pattern in normal form: lowercase, with the port always
+/// present, such as `https://*.example.com:443`.
+impl fmt::Display for OriginPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = match &self.host {
+            HostPattern::Exact(host) => host.clone(),
+            HostPattern::Subdomains(suffix) => format!("*.{suffix}"),
+        };
+        write!(f, "{}://{host}:{}", self.scheme, self.port)
     }
 }
 
@@ -190,19 +237,28 @@ pub struct Policy {
     pub grant: Grant,
     origins: Vec<OriginPattern>,
     secret_origins: BTreeMap<String, Vec<OriginPattern>>,
+    quotas: Vec<CheckedRule>,
 }
 
 impl Policy {
-    pub fn new(grant: Grant) -> Result<Self, InvalidOrigin> {
+    /// Parses and checks `grant`.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first origin pattern that does not parse or the first
+    /// quota setting that is invalid, by its path in the grant.
+    pub fn new(grant: Grant) -> Result<Self, InvalidGrant> {
         let origins = parse_origins(&grant.http_origins)?;
         let mut secret_origins = BTreeMap::new();
         for secret in &grant.secrets {
             secret_origins.insert(secret.name.clone(), parse_origins(&secret.origins)?);
         }
+        let quotas = check_rules(&grant.quotas, &origins)?;
         Ok(Self {
             grant,
             origins,
             secret_origins,
+            quotas,
         })
     }
 
@@ -212,7 +268,12 @@ impl Policy {
             grant: Grant::default(),
             origins: Vec::new(),
             secret_origins: BTreeMap::new(),
+            quotas: Vec::new(),
         }
+    }
+
+    pub(crate) fn quota_rules(&self) -> &[CheckedRule] {
+        &self.quotas
     }
 
     pub fn limits(&self) -> &Limits {
@@ -325,6 +386,51 @@ mod tests {
         assert!(policy.permits_secret("key", &a));
         assert!(!policy.permits_secret("key", &b));
         assert!(!policy.permits_secret("other", &a));
+    }
+
+    #[test]
+    fn origin_overlap() {
+        let cases = [
+            ("https://a.test", "https://a.test", true),
+            ("https://a.test", "https://a.test:443", true),
+            ("https://a.test", "http://a.test", false),
+            ("https://a.test", "https://a.test:8443", false),
+            ("https://a.test", "https://b.test", false),
+            ("https://*.test", "https://a.test", true),
+            ("https://*.test", "https://test", false),
+            ("https://*.b.test", "https://*.test", true),
+            ("https://*.test", "https://*.other", false),
+        ];
+        for (left, right, expected) in cases {
+            let left_pattern = OriginPattern::parse(left).unwrap();
+            let right_pattern = OriginPattern::parse(right).unwrap();
+            assert_eq!(
+                left_pattern.overlaps(&right_pattern),
+                expected,
+                "{left} and {right}"
+            );
+            assert_eq!(
+                right_pattern.overlaps(&left_pattern),
+                expected,
+                "{right} and {left}"
+            );
+        }
+    }
+
+    #[test]
+    fn origin_display_is_normal_form() {
+        let cases = [
+            (
+                "HTTPS://WWW.VirusTotal.com/",
+                "https://www.virustotal.com:443",
+            ),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("https://*.example.com", "https://*.example.com:443"),
+        ];
+        for (origin, expected) in cases {
+            let pattern = OriginPattern::parse(origin).unwrap();
+            assert_eq!(pattern.to_string(), expected, "{origin}");
+        }
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! output, so a test can check that the host denied it: `fetch` returns the
 //! response or the `http-error`, `read-file`, `read-env` and `connect` return
 //! what WASI gave them, and `kv-write` fails with `denied` when the host
-//! denies the write. `fetch` requests its secret in the `x-palisade-secret`
+//! denies the write. A `fetch` error carries `retry_after_ms` when the host
+//! rate-limited the request. `fetch` requests its secret in the `x-palisade-secret`
 //! header. `describe` requests no capability at all.
 
 use palisade_sdk::http::{HttpError, Request, header_value};
@@ -245,8 +246,13 @@ fn http_error_json(error: &HttpError) -> Value {
         HttpError::Timeout => ("timeout", ""),
         HttpError::Transport(message) => ("transport", message.as_str()),
         HttpError::ResponseTooLarge => ("response-too-large", ""),
+        HttpError::RateLimited(_) => ("rate-limited", ""),
     };
-    json!({ "kind": kind, "message": message })
+    let retry_after_ms = match error {
+        HttpError::RateLimited(retry_after_ms) => *retry_after_ms,
+        _ => None,
+    };
+    json!({ "kind": kind, "message": message, "retry_after_ms": retry_after_ms })
 }
 
 fn read_file(input: &Value) -> Result<Value, PluginError> {

@@ -122,7 +122,11 @@ pub mod log {
     }
 }
 
-/// Outbound HTTP through the host, limited to the origins it granted.
+/// Outbound HTTP through the host, limited to the origins it granted. The
+/// host may also hold a request back under the operator's quotas, and then
+/// [`Request::send`](http::Request::send) returns
+/// [`HttpError::RateLimited`](http::HttpError::RateLimited) with the wait in
+/// milliseconds when the host knows it.
 pub mod http {
     pub use crate::bindings::palisade::plugin::http::{
         HeaderPlacement, HttpError, Response, SecretPlacement, SecretRef,

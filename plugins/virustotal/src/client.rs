@@ -6,7 +6,7 @@
 //! an error message built here.
 
 use palisade_sdk::http::{HttpError, Request};
-use palisade_sdk::{PluginError, UpstreamFailure, Value};
+use palisade_sdk::{PluginError, RateLimit, UpstreamFailure, Value};
 
 use crate::report::map_response;
 use crate::target::Target;
@@ -67,6 +67,12 @@ pub fn map_http_error(url: &str, error: HttpError) -> PluginError {
         HttpError::ResponseTooLarge => upstream(format!(
             "the response from {url} is larger than the host's size limit"
         )),
+        HttpError::RateLimited(retry_after_ms) => PluginError::RateLimited(RateLimit {
+            retry_after_ms,
+            message: format!(
+                "the host held back the request to {url}: the virustotal quota is used up or the API asked for a pause"
+            ),
+        }),
     }
 }
 
@@ -164,6 +170,17 @@ mod tests {
                 "larger than the host's size limit",
             ),
         ];
+        let limited = map_http_error(url, HttpError::RateLimited(Some(20_000)));
+        assert!(
+            matches!(&limited, PluginError::RateLimited(limit) if limit.retry_after_ms == Some(20_000) && limit.message.contains(url)),
+            "{limited:?}"
+        );
+        let limited = map_http_error(url, HttpError::RateLimited(None));
+        assert!(
+            matches!(&limited, PluginError::RateLimited(limit) if limit.retry_after_ms.is_none()),
+            "{limited:?}"
+        );
+
         for (error, expected) in upstream_cases {
             match map_http_error(url, error) {
                 PluginError::Upstream(failure) => {
