@@ -210,7 +210,24 @@ async fn invalid_alerts_are_rejected_with_their_line() {
     assert_eq!(body["accepted"].as_array().unwrap().len(), 5);
     assert_eq!(body["rejected"][0]["line"], 1);
 
-    for path in ["/v1/cases/C99999999", "/v1/nothing"] {
+    let (status, body) = daemon.post_alerts("  \n".into()).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "empty_body");
+
+    let response = reqwest::Client::new()
+        .delete(format!("{}/v1/cases", daemon.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+
+    for path in [
+        "/v1/cases/C99999999",
+        "/v1/nothing",
+        "/v1/cases/~case-counter",
+    ] {
         let response = reqwest::get(format!("{}{path}", daemon.base))
             .await
             .unwrap();

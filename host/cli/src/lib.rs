@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use palisade_model::{Alert, parse_alerts};
+use palisade_model::{Alert, parse_alert_bytes};
 use palisade_runtime::CallContext;
 use palisade_store::Store;
 use serde_json::{Value, json};
@@ -174,13 +174,18 @@ async fn run_once(
 ) -> anyhow::Result<ExitCode> {
     let host = host::build(config, playbook).await?;
     load_intel(&host, intel).await?;
+    // Finish alerts an earlier run stored but did not get to run.
+    let resumed = host.engine.resume_pending().await?;
+    if resumed > 0 {
+        eprintln!("resumed {resumed} alerts stored by an earlier, interrupted run");
+    }
 
     let mut rejected = 0;
     let mut case_ids = Vec::new();
     for file in alert_files {
-        let text = std::fs::read_to_string(file)
+        let bytes = std::fs::read(file)
             .with_context(|| format!("cannot read alert file {}", file.display()))?;
-        for parsed in parse_alerts(&text) {
+        for parsed in parse_alert_bytes(&bytes) {
             let alert: Alert = match parsed {
                 Ok(alert) => alert,
                 Err(error) => {

@@ -11,10 +11,29 @@ use serde_json::Value;
 
 use crate::config::Config;
 
+/// Replaces control characters, which an alert can carry to a terminal as
+/// escape sequences, with U+FFFD.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 /// Formats cases as a table, each followed by its observables, threat-intel
-/// hits and verdicts.
+/// hits and verdicts. Text taken from alerts is stripped of control
+/// characters.
 pub fn case_table(cases: &[Case]) -> String {
     let mut out = String::new();
+    write_case_table(&mut out, cases);
+    printable_lines(&out)
+}
+
+/// Applies [`printable`] to every line of `text`, keeping the line breaks.
+fn printable_lines(text: &str) -> String {
+    text.lines().map(|line| printable(line) + "\n").collect()
+}
+
+fn write_case_table(out: &mut String, cases: &[Case]) {
     let _ = writeln!(
         out,
         "{:<10} {:<9} {:<13} {:<4} {:>5} {:>6}  TITLE",
@@ -32,7 +51,7 @@ pub fn case_table(cases: &[Case]) -> String {
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "-".into()),
             case.alert_ids.len(),
-            case.title,
+            printable(&case.title),
         );
         for observable in &case.observables {
             let scope = if observable.internal {
@@ -43,17 +62,23 @@ pub fn case_table(cases: &[Case]) -> String {
             let _ = writeln!(
                 out,
                 "{:>12} {:<7} {}{scope}",
-                "", observable.kind, observable.value
+                "",
+                observable.kind,
+                printable(&observable.value)
             );
         }
         for hit in &case.intel_hits {
-            let _ = writeln!(out, "{:>12} intel   {}", "", describe_hit(hit));
+            let _ = writeln!(out, "{:>12} intel   {}", "", printable(&describe_hit(hit)));
         }
         for verdict in &case.verdicts {
-            let _ = writeln!(out, "{:>12} verdict {}", "", describe_verdict(verdict));
+            let _ = writeln!(
+                out,
+                "{:>12} verdict {}",
+                "",
+                printable(&describe_verdict(verdict))
+            );
         }
     }
-    out
 }
 
 fn describe_hit(hit: &Value) -> String {
@@ -292,7 +317,7 @@ pub async fn runs(
         println!("{}", serde_json::to_string_pretty(&runs)?);
     } else {
         for run in &runs {
-            print!("{}", run_detail(run));
+            print!("{}", printable_lines(&run_detail(run)));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -382,4 +407,35 @@ async fn fetch(server: &str, path: &str) -> anyhow::Result<Value> {
         anyhow::bail!("{url} returned {status}: {text}");
     }
     serde_json::from_str(&text).with_context(|| format!("{url} returned invalid JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_text_cannot_add_table_lines() {
+        let mut case: Case = serde_json::from_value(serde_json::json!({
+            "id": "C00000001", "fingerprint": "f", "title": "real\nC00000002  forged",
+            "status": "new", "source": "wazuh", "rule": {"id": "1", "name": "r"},
+            "severity": "low", "priority": null, "score": null,
+            "created_at": "2026-12-04T00:00:00Z", "updated_at": "2026-12-04T00:00:00Z",
+            "alert_ids": [], "observables": [], "intel_hits": [], "verdicts": [],
+            "run_ids": [], "timeline": []
+        }))
+        .unwrap();
+        case.title.push('\u{1b}');
+        let table = case_table(&[case]);
+        assert_eq!(table.lines().count(), 2, "{table}");
+        assert!(!table.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn control_characters_are_replaced() {
+        let text = "title \u{1b}]0;owned\u{7}\u{1b}[31mred\r\nforged line\n";
+        let cleaned = printable_lines(text);
+        assert!(!cleaned.contains('\u{1b}'), "{cleaned:?}");
+        assert!(!cleaned.contains('\r'), "{cleaned:?}");
+        assert_eq!(cleaned.lines().count(), 2);
+    }
 }

@@ -10,13 +10,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use palisade_engine::Engine;
-use palisade_model::{Alert, parse_alerts};
+use palisade_model::{Alert, parse_alert_bytes};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -53,12 +55,22 @@ pub async fn serve(
         workers.push(tokio::spawn(worker(engine.clone(), receiver.clone())));
     }
 
-    let resumed = engine.resume_pending().await?;
-    if resumed > 0 {
+    // Alerts accepted before the last stop are queued behind the listener,
+    // so the daemon answers at once however many there are.
+    let pending = engine.take_pending()?;
+    if !pending.is_empty() {
         tracing::info!(
-            count = resumed,
-            "resumed alerts accepted before the last stop"
+            count = pending.len(),
+            "resuming alerts accepted before the last stop"
         );
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            for item in pending {
+                if queue.send(item).await.is_err() {
+                    break;
+                }
+            }
+        });
     }
 
     let state = Arc::new(AppState {
@@ -75,6 +87,7 @@ pub async fn serve(
         .route("/v1/runs/{id}", get(show_run))
         .route("/v1/quotas", get(list_quotas))
         .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state);
 
@@ -141,6 +154,14 @@ fn not_found(what: &str, id: &str) -> ApiError {
     }
 }
 
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: format!("{method} is not allowed on {}", uri.path()),
+    }
+}
+
 async fn unknown_route(uri: axum::http::Uri) -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
@@ -156,42 +177,86 @@ async fn health() -> Json<Value> {
 /// Accepts a JSON document, a JSON array or JSON lines of alerts. Answers
 /// 202 with the accepted alerts and their cases, and the rejected records
 /// with their line and reason; 400 when nothing was accepted.
-async fn ingest(State(state): State<Arc<AppState>>, body: String) -> Result<Response, ApiError> {
-    let mut accepted = Vec::new();
-    let mut rejected = Vec::new();
-    let mut to_run = Vec::new();
-    for parsed in parse_alerts(&body) {
-        match parsed {
-            Ok(alert) => {
-                let report = state.engine.accept(&alert).map_err(internal)?;
-                accepted.push(json!({
-                    "alert_id": report.alert_id,
-                    "case_id": report.case_id,
-                    "duplicate": !report.alert_is_new,
-                }));
-                if report.alert_is_new {
-                    to_run.push((alert, report.case_id));
-                }
-            }
-            Err(error) => rejected.push(json!({ "line": error.line, "message": error.message })),
-        }
+async fn ingest(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|rejection| ApiError {
+        status: rejection.status(),
+        code: "invalid_body",
+        message: format!(
+            "{}; send at most {MAX_BODY_BYTES} bytes of JSON, JSON lines or EVE lines",
+            rejection.body_text()
+        ),
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "empty_body",
+            message: "the request body holds no alerts; send JSON, JSON lines or EVE lines".into(),
+        });
     }
-    // Acknowledge only what is on disk.
-    state.engine.store().flush().map_err(internal)?;
-    for item in to_run {
+
+    // Parsing and the database writes are blocking work; keep them off the
+    // threads that serve other requests.
+    let engine = state.engine.clone();
+    let outcome = tokio::task::spawn_blocking(move || accept_batch(&engine, &body))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    for item in outcome.to_run {
         if state.queue.send(item).await.is_err() {
             // The daemon is stopping; the alert stays pending and resumes at
             // the next start.
             break;
         }
     }
-    let status = if accepted.is_empty() {
+    let status = if outcome.accepted.is_empty() {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::ACCEPTED
     };
-    let body = json!({ "accepted": accepted, "rejected": rejected });
+    let body = json!({ "accepted": outcome.accepted, "rejected": outcome.rejected });
     Ok((status, Json(body)).into_response())
+}
+
+struct BatchOutcome {
+    accepted: Vec<Value>,
+    rejected: Vec<Value>,
+    to_run: Vec<(Alert, String)>,
+}
+
+/// Parses and stores a batch of alerts, then flushes, so everything in
+/// `accepted` is on disk before the caller acknowledges it.
+fn accept_batch(
+    engine: &Engine<RuntimeCaller>,
+    body: &[u8],
+) -> Result<BatchOutcome, palisade_engine::EngineError> {
+    let mut outcome = BatchOutcome {
+        accepted: Vec::new(),
+        rejected: Vec::new(),
+        to_run: Vec::new(),
+    };
+    for parsed in parse_alert_bytes(body) {
+        match parsed {
+            Ok(alert) => {
+                let report = engine.accept(&alert)?;
+                outcome.accepted.push(json!({
+                    "alert_id": report.alert_id,
+                    "case_id": report.case_id,
+                    "duplicate": !report.alert_is_new,
+                }));
+                if report.alert_is_new {
+                    outcome.to_run.push((alert, report.case_id));
+                }
+            }
+            Err(error) => outcome
+                .rejected
+                .push(json!({ "line": error.line, "message": error.message })),
+        }
+    }
+    engine.store().flush()?;
+    Ok(outcome)
 }
 
 async fn list_cases(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {

@@ -143,33 +143,45 @@ impl<C: PluginCaller> Engine<C> {
         Ok(report)
     }
 
-    /// Resumes alerts that were accepted but whose runs did not finish, for
-    /// example because the daemon stopped. Returns how many were resumed.
-    pub async fn resume_pending(&self) -> Result<usize, EngineError> {
+    /// Collects alerts that were accepted but whose runs did not finish, for
+    /// example because the process stopped, with the case each joined. Runs
+    /// left `running` by the stop are recorded as interrupted, since they
+    /// will never finish. Call this before accepting new alerts: a run
+    /// started afterwards would be taken for an interrupted one.
+    pub fn take_pending(&self) -> Result<Vec<(Alert, String)>, EngineError> {
         let pending = self.store.pending_alerts()?;
         if pending.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        // Runs left `running` by the stop will never finish: record them as
-        // interrupted before their alert runs again.
         for mut run in self.store.runs()? {
             if run.status == RunStatus::Running && pending.contains(&run.alert_id) {
                 run.status = RunStatus::Failed;
                 run.finished_at = Some(Utc::now());
                 run.error = Some(StepError {
                     kind: "interrupted".into(),
-                    message: "the daemon stopped during this run; the alert ran again".into(),
+                    message: "the process stopped during this run; the alert ran again".into(),
                 });
                 self.store.put_run(&run)?;
             }
         }
+        let mut resumable = Vec::new();
         for alert_id in &pending {
             let Some(alert) = self.store.alert(alert_id)? else {
                 self.store.finish_pending(alert_id)?;
                 continue;
             };
             let case_id = self.store.case_of_alert(alert_id)?.unwrap_or_default();
-            self.run_matching(&alert, &case_id).await?;
+            resumable.push((alert, case_id));
+        }
+        Ok(resumable)
+    }
+
+    /// Runs the playbooks of every alert [`Engine::take_pending`] returns.
+    /// Returns how many alerts were resumed.
+    pub async fn resume_pending(&self) -> Result<usize, EngineError> {
+        let pending = self.take_pending()?;
+        for (alert, case_id) in &pending {
+            self.run_matching(alert, case_id).await?;
         }
         Ok(pending.len())
     }

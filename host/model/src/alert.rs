@@ -167,15 +167,15 @@ fn text_at<'a>(raw: &'a Value, pointer: &str) -> Option<&'a str> {
 }
 
 fn wazuh(raw: Value) -> Result<Alert, NormaliseError> {
-    let level =
-        raw.pointer("/rule/level")
-            .and_then(Value::as_u64)
-            .filter(|level| *level <= 15)
-            .ok_or(NormaliseError::Field {
-                source_name: "Wazuh",
-                field: "rule.level",
-                problem: "not a number from 0 to 15".into(),
-            })?;
+    let level = raw
+        .pointer("/rule/level")
+        .and_then(Value::as_u64)
+        .filter(|level| *level <= 15)
+        .ok_or(NormaliseError::Field {
+            source_name: "Wazuh",
+            field: "rule.level",
+            problem: "not a number from 0 to 15".into(),
+        })?;
     let rule = Rule {
         id: text_at(&raw, "/rule/id").unwrap_or("unknown").to_string(),
         name: text_at(&raw, "/rule/description")

@@ -226,7 +226,11 @@ mod tests {
         assert_eq!(alerts.len(), 2);
         assert!(alerts[0].is_ok(), "{:?}", alerts[0]);
         let second = alerts[1].as_ref().unwrap();
-        assert!(second.rule.name.contains('\u{fffd}'), "{}", second.rule.name);
+        assert!(
+            second.rule.name.contains('\u{fffd}'),
+            "{}",
+            second.rule.name
+        );
     }
 
     #[test]
