@@ -293,3 +293,42 @@ async fn ungranted_connector_fails_only_its_step() {
     let score = run.steps.iter().find(|step| step.id == "score").unwrap();
     assert_eq!(score.status, StepStatus::Succeeded);
 }
+
+#[tokio::test]
+async fn echoed_secret_is_redacted() {
+    // An upstream that puts the API key it received into its error message,
+    // as some APIs do for invalid keys.
+    async fn echo_key(headers: axum::http::HeaderMap) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let key = headers
+            .get("x-apikey")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = json!({ "error": { "code": "WrongCredentialsError", "message": format!("key {key} is invalid") } });
+        (axum::http::StatusCode::UNAUTHORIZED, axum::Json(body)).into_response()
+    }
+    let app = axum::Router::new().fallback(echo_key);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let host = build_host(dir.path(), Some(&origin)).await;
+    let failure = host
+        .caller
+        .runtime
+        .invoke(
+            "virustotal",
+            "file-report",
+            &json!({ "hash": EICAR_SHA256 }),
+            &CallContext::default(),
+        )
+        .await
+        .unwrap_err();
+    let error = failure.error.to_string();
+    assert!(error.contains("[REDACTED]"), "{error}");
+    assert!(!error.contains(TEST_API_KEY), "{error}");
+    let report = serde_json::to_string(&failure.report).unwrap();
+    assert!(!report.contains(TEST_API_KEY), "{report}");
+}

@@ -111,6 +111,9 @@ pub(crate) struct HostState {
     pub log_bytes: usize,
     pub logs_dropped: u32,
     pub http_calls: Vec<HttpCall>,
+    /// Values of the secrets the plugin asked the host to send, so they can
+    /// be redacted from everything the call returns.
+    pub secrets_sent: Vec<SecretValue>,
     /// Set when the memory limiter refused a growth, so the resulting trap
     /// can be reported as a memory limit rather than a generic fault.
     pub memory_limit_hit: bool,
@@ -140,6 +143,7 @@ impl HostState {
             log_bytes: 0,
             logs_dropped: 0,
             http_calls: Vec::new(),
+            secrets_sent: Vec::new(),
             memory_limit_hit: false,
             resource_limit_hit: false,
             http_wait: Duration::ZERO,
@@ -238,6 +242,13 @@ impl http::Host for HostState {
     async fn send(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
         let method = request.method.clone();
         let url = request.url.clone();
+        if let Some(value) = request
+            .secret
+            .as_ref()
+            .and_then(|secret| self.services.secrets.as_ref()?.secret(&secret.name))
+        {
+            self.secrets_sent.push(value);
+        }
         let result = if self.http_calls.len() >= self.policy.limits().http_requests as usize {
             Err(http::HttpError::Denied(format!(
                 "request limit of {} per call reached",

@@ -376,15 +376,19 @@ impl Runtime {
         };
 
         let state = store.into_data();
-        let report = CallReport {
-            plugin_version: loaded.info.version.clone(),
-            duration_us: started.elapsed().as_micros() as u64,
-            logs: state.logs,
-            logs_dropped: state.logs_dropped,
-            http_calls: state.http_calls,
-        };
+        let secrets = state.secrets_sent;
+        let report = redact(
+            CallReport {
+                plugin_version: loaded.info.version.clone(),
+                duration_us: started.elapsed().as_micros() as u64,
+                logs: state.logs,
+                logs_dropped: state.logs_dropped,
+                http_calls: state.http_calls,
+            },
+            &secrets,
+        );
         let fail = |error| CallFailure {
-            error,
+            error: redact(error, &secrets),
             report: report.clone(),
         };
         let output_text = match outcome {
@@ -401,7 +405,7 @@ impl Runtime {
                 return Err(fail(classify_trap(&trap, &limits, flags)));
             }
             Ok(Ok(Err(plugin_error))) => return Err(fail(map_plugin_error(plugin_error))),
-            Ok(Ok(Ok(text))) => text,
+            Ok(Ok(Ok(text))) => redact_text(text, &secrets),
         };
         if output_text.len() > limits.output_bytes {
             return Err(fail(CallError::OutputTooLarge {
@@ -465,6 +469,37 @@ pub const MAX_MEMORY_BYTES: usize = 512 << 20;
 /// Instances that may exist at once across all calls. A call made while the
 /// pool is exhausted fails its step with an instantiate error.
 const MAX_CONCURRENT_INSTANCES: u32 = 1_000;
+
+/// Text that replaces a secret's value in anything a call returns.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Replaces every occurrence of a value in `secrets` in `text`.
+fn redact_text(text: String, secrets: &[SecretValue]) -> String {
+    secrets
+        .iter()
+        .filter(|secret| !secret.expose().is_empty())
+        .fold(text, |text, secret| text.replace(secret.expose(), REDACTED))
+}
+
+/// Replaces secret values in every string of `value`, through its JSON form.
+/// A plugin can get a secret back from an upstream that echoes request
+/// headers; this keeps such echoes out of outputs, errors, logs and records.
+fn redact<T: Serialize + serde::de::DeserializeOwned>(value: T, secrets: &[SecretValue]) -> T {
+    if secrets.is_empty() {
+        return value;
+    }
+    let Ok(text) = serde_json::to_string(&value) else {
+        return value;
+    };
+    let redacted = redact_text(text.clone(), secrets);
+    if redacted == text {
+        return value;
+    }
+    // NOTE: a secret containing characters that JSON escapes (quotes,
+    // backslashes, control characters) is not found in the JSON form and
+    // stays unredacted; secrets are expected to be API-key-like tokens.
+    serde_json::from_str(&redacted).unwrap_or(value)
+}
 
 fn engine_config() -> Config {
     let mut config = Config::new();
