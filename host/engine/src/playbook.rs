@@ -163,12 +163,29 @@ impl Playbook {
             .map_err(read_error)?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
             .filter(|path| {
-                path.extension()
-                    .is_some_and(|ext| ext == "yaml" || ext == "yml")
+                path.extension().is_some_and(|ext| {
+                    ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml")
+                })
             })
             .collect();
         paths.sort();
-        paths.iter().map(|path| Self::load(path)).collect()
+        let playbooks: Vec<Self> = paths
+            .iter()
+            .map(|path| Self::load(path))
+            .collect::<Result<_, _>>()?;
+        for (index, playbook) in playbooks.iter().enumerate() {
+            if let Some(first) = playbooks[..index].iter().find(|p| p.name == playbook.name) {
+                return Err(PlaybookError::Invalid {
+                    path: playbook.path.display().to_string(),
+                    message: format!(
+                        "playbook name {:?} is already used by {}; give each playbook its own name",
+                        playbook.name,
+                        first.path.display()
+                    ),
+                });
+            }
+        }
+        Ok(playbooks)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -354,6 +371,17 @@ case:
                 "expected {expected:?} in {error:?}"
             );
         }
+    }
+
+    #[test]
+    fn directory_rejects_duplicate_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), VALID).unwrap();
+        std::fs::write(dir.path().join("b.YML"), VALID).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a playbook").unwrap();
+        let error = Playbook::load_dir(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("already used"), "{error}");
+        assert!(error.contains("b.YML"), "{error}");
     }
 
     #[test]

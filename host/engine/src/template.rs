@@ -35,12 +35,14 @@ impl Templates {
         Self { env }
     }
 
-    /// Checks the syntax of an expression.
+    /// Checks the syntax of an expression, and that every variable it reads
+    /// is one a playbook can use.
     pub fn check_expression(&self, expression: &str) -> Result<(), String> {
-        self.env
+        let compiled = self
+            .env
             .compile_expression(expression)
-            .map(|_| ())
-            .map_err(|error| describe(&error))
+            .map_err(|error| describe(&error))?;
+        check_variables(compiled.undeclared_variables(false))
     }
 
     /// Checks the syntax of every string in a templated value.
@@ -48,11 +50,13 @@ impl Templates {
         match value {
             Value::String(text) => match sole_expression(text) {
                 Some(expression) => self.check_expression(expression),
-                None if text.contains("{{") || text.contains("{%") => self
-                    .env
-                    .template_from_str(text)
-                    .map(|_| ())
-                    .map_err(|error| describe(&error)),
+                None if text.contains("{{") || text.contains("{%") => {
+                    let template = self
+                        .env
+                        .template_from_str(text)
+                        .map_err(|error| describe(&error))?;
+                    check_variables(template.undeclared_variables(false))
+                }
                 None => Ok(()),
             },
             Value::Array(items) => items.iter().try_for_each(|item| self.check_value(item)),
@@ -70,7 +74,14 @@ impl Templates {
         let result = compiled
             .eval(context.clone())
             .map_err(|error| describe(&error))?;
-        to_json(&result)
+        let json = to_json(&result)?;
+        let size = serde_json::to_vec(&json).map_or(0, |bytes| bytes.len());
+        if size > MAX_RENDERED_BYTES {
+            return Err(format!(
+                "expression produced {size} bytes, over the limit of {MAX_RENDERED_BYTES}"
+            ));
+        }
+        Ok(json)
     }
 
     /// Evaluates an expression as a condition, using Jinja truthiness.
@@ -119,6 +130,32 @@ impl Templates {
                 .map(Value::Object),
             _ => Ok(value.clone()),
         }
+    }
+}
+
+/// Variables a playbook expression may read.
+const CONTEXT_VARIABLES: [&str; 3] = ["alert", "case", "steps"];
+
+/// Global functions minijinja defines.
+const GLOBAL_FUNCTIONS: [&str; 3] = ["range", "dict", "namespace"];
+
+/// Rejects a variable that is not in the run context, such as a typo like
+/// `alrt`, which would otherwise always be undefined.
+fn check_variables(names: std::collections::HashSet<String>) -> Result<(), String> {
+    let mut unknown: Vec<String> = names
+        .into_iter()
+        .filter(|name| {
+            !CONTEXT_VARIABLES.contains(&name.as_str())
+                && !GLOBAL_FUNCTIONS.contains(&name.as_str())
+        })
+        .collect();
+    unknown.sort();
+    match unknown.first() {
+        None => Ok(()),
+        Some(name) => Err(format!(
+            "unknown variable `{name}`; expressions can read {}",
+            CONTEXT_VARIABLES.join(", ")
+        )),
     }
 }
 
@@ -198,6 +235,34 @@ mod tests {
         );
         let error = templates.render(&text, &to_context(json!({}))).unwrap_err();
         assert!(error.contains("fuel"), "{error}");
+    }
+
+    #[test]
+    fn unknown_variables_are_rejected() {
+        let templates = Templates::new();
+        let error = templates
+            .check_expression("alrt.severity == 'high'")
+            .unwrap_err();
+        assert!(error.contains("`alrt`"), "{error}");
+        assert!(
+            templates
+                .check_expression("alert.severity == 'high'")
+                .is_ok()
+        );
+        assert!(templates.check_expression("range(3) | list").is_ok());
+        let error = templates
+            .check_value(&json!({"x": "id {{ nosuch.thing }}"}))
+            .unwrap_err();
+        assert!(error.contains("`nosuch`"), "{error}");
+    }
+
+    #[test]
+    fn huge_expression_result_is_rejected() {
+        let templates = Templates::new();
+        let error = templates
+            .render(&json!("{{ 'x' * 2000000 }}"), &to_context(json!({})))
+            .unwrap_err();
+        assert!(error.contains("over the limit"), "{error}");
     }
 
     #[test]
