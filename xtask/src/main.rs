@@ -34,9 +34,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// The repository root: the parent of this crate's directory.
+/// The repository root: the parent of this crate's directory. `cargo run`
+/// sets `CARGO_MANIFEST_DIR` for the running task, which stays right when a
+/// built task is copied along with a `target` directory; the value from the
+/// build is the fallback.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
