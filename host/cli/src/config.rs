@@ -12,7 +12,7 @@ use serde::Deserialize;
 /// not reachable from the network.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
-/// Where a secret's value comes from: an environment variable or a file
+/// Source of a secret's value: an environment variable or a file
 /// (whose content, trimmed, is the value). Exactly one must be set.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,14 +114,14 @@ impl Config {
         Ok(config)
     }
 
-    /// The directory of precompiled plugin artifacts.
+    /// Returns the directory of precompiled plugin artifacts.
     pub fn cache_dir(&self) -> PathBuf {
         self.cache_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("cache"))
     }
 
-    /// The grant for plugin `name`: its entry, or nothing.
+    /// Returns the grant for plugin `name`: its entry, or nothing.
     pub fn grant(&self, name: &str) -> Grant {
         self.plugins.get(name).cloned().unwrap_or_default()
     }

@@ -158,7 +158,7 @@ fn load_playbooks(path: &Path) -> anyhow::Result<Vec<Playbook>> {
 }
 
 /// Loads the plugins without opening the database, for commands that only
-/// inspect plugins and may run beside a daemon that holds the database.
+/// inspect plugins and may run beside a daemon that has the database open.
 pub async fn build_runtime_only(config: &Config) -> anyhow::Result<Runtime> {
     let runtime = Runtime::new(
         RuntimeConfig {

@@ -1,7 +1,7 @@
 //! The daemon: alerts in over HTTP, playbook runs in the background, cases
 //! and runs out over HTTP.
 //!
-//! `POST /v1/alerts` answers only after the alerts are stored and flushed to
+//! `POST /v1/alerts` responds only after the alerts are stored and flushed to
 //! disk. Runs happen afterwards on worker tasks; an alert whose runs had not
 //! finished when the daemon stopped is resumed at the next start.
 
@@ -56,7 +56,7 @@ pub async fn serve(
     }
 
     // Alerts accepted before the last stop are queued behind the listener,
-    // so the daemon answers at once however many there are.
+    // so the daemon responds at once however many there are.
     let pending = engine.take_pending()?;
     if !pending.is_empty() {
         tracing::info!(
@@ -174,7 +174,7 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Accepts a JSON document, a JSON array or JSON lines of alerts. Answers
+/// Accepts a JSON document, a JSON array or JSON lines of alerts. Returns
 /// 202 with the accepted alerts and their cases, and the rejected records
 /// with their line and reason; 400 when nothing was accepted.
 async fn ingest(
@@ -193,7 +193,8 @@ async fn ingest(
         return Err(ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "empty_body",
-            message: "the request body holds no alerts; send JSON, JSON lines or EVE lines".into(),
+            message: "the request body is empty; send alerts as JSON, JSON lines or EVE lines"
+                .into(),
         });
     }
 

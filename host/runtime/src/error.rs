@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Why a plugin call failed. The first group is what the plugin itself
+/// Failure of a plugin call. The first group is what the plugin itself
 /// reported; the rest are failures the host detected. Every variant fails
 /// only the step that made the call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -48,7 +48,8 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// A short stable name for the error kind, used in journals and metrics.
+    /// Returns a short stable name for the error kind, used in journals and
+    /// metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::BadInput { .. } => "bad_input",
@@ -70,7 +71,7 @@ impl CallError {
     }
 }
 
-/// Why a plugin could not be loaded.
+/// Failure to load a plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read plugin file {path:?}")]

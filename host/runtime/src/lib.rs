@@ -3,7 +3,7 @@
 //! The runtime loads plugin components, compiles each once (caching the
 //! precompiled artifact on disk, keyed by content hash), and runs a named
 //! action of a plugin in a fresh `Store` per call under that plugin's
-//! [`Policy`]. It knows nothing of playbooks, cases or HTTP routes: callers
+//! [`Policy`]. It has no notion of playbooks, cases or HTTP routes. Callers
 //! give it a plugin name, an action and a JSON document, and get back JSON or
 //! a typed [`CallError`].
 //!
@@ -98,7 +98,7 @@ pub struct Capabilities {
     pub config: Vec<String>,
 }
 
-/// What a plugin says about itself.
+/// A plugin's description of itself, from its `describe` export.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginInfo {
     pub name: String,
@@ -124,7 +124,7 @@ pub struct LoadedPlugin {
     pre: PluginPre<HostState>,
 }
 
-/// Who is calling, for logs and records.
+/// Identity of the caller, for logs and records.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
     pub run_id: String,
@@ -138,7 +138,7 @@ pub struct CallOutput {
     pub report: CallReport,
 }
 
-/// What a call did, successful or not: logs, HTTP requests, duration.
+/// Record of a call, successful or not: logs, HTTP requests, duration.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct CallReport {
     pub plugin_version: String,
@@ -240,7 +240,7 @@ impl Runtime {
         })?;
 
         // Describe under a deny-all policy first: the plugin's name is not
-        // known until it answers, and `describe` must not use any import.
+        // known until it returns, and `describe` must not use any import.
         let info = describe(&self.engine, &pre, &self.services)
             .await
             .map_err(|source| LoadError::Describe {
@@ -496,8 +496,8 @@ fn redact<T: Serialize + serde::de::DeserializeOwned>(value: T, secrets: &[Secre
         return value;
     }
     // NOTE: a secret containing characters that JSON escapes (quotes,
-    // backslashes, control characters) is not found in the JSON form and
-    // stays unredacted; secrets are expected to be API-key-like tokens.
+    // backslashes, control characters) is not found in the JSON form, so it
+    // stays unredacted. Secrets are expected to be API-key-like tokens.
     serde_json::from_str(&redacted).unwrap_or(value)
 }
 

@@ -15,7 +15,7 @@
 //! 5. the plugin's quotas admit the request (see [`crate::quota`]), which
 //!    may wait, and only then is it sent.
 //!
-//! Redirects are never followed: a plugin sees the 3xx response and may
+//! Redirects are never followed: a plugin receives the 3xx response and may
 //! issue a new request, which goes through the same checks. Environment
 //! proxies are ignored. Response bodies over the limit are cut off and
 //! reported as `response-too-large`.
@@ -268,7 +268,7 @@ fn check_address_literal(url: &Url, policy: &Policy) -> Result<(), HttpError> {
 }
 
 /// Whether `ip` is in a range plugins may not reach by host name: loopback,
-/// private, link-local (which holds the cloud metadata address
+/// private, link-local (which contains the cloud metadata address
 /// 169.254.169.254), CGNAT, unique-local, unspecified, broadcast, multicast,
 /// or an IPv4-mapped or IPv4-compatible form of one of those.
 pub fn is_blocked(ip: IpAddr) -> bool {

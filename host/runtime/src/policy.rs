@@ -1,4 +1,4 @@
-//! What an operator grants a plugin, and the checks made against it.
+//! Grants an operator gives a plugin, and the checks made against them.
 //!
 //! A plugin gets nothing it was not granted: no origin, no secret, no
 //! key-value namespace and no setting. Limits have conservative defaults so
@@ -63,8 +63,7 @@ impl Limits {
     }
 }
 
-/// Where a granted secret may be sent: the secret name and the origins it is
-/// bound to.
+/// Binding of a granted secret to the origins it may be sent to.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretGrant {
@@ -165,7 +164,7 @@ impl OriginPattern {
         })
     }
 
-    /// Whether `url` is inside this origin.
+    /// Returns whether `url` is inside this origin.
     pub fn permits(&self, url: &Url) -> bool {
         let Some(host) = url.host_str() else {
             return false;
@@ -262,7 +261,7 @@ impl Policy {
         })
     }
 
-    /// A policy that grants nothing, with default limits.
+    /// Creates a policy that grants nothing, with default limits.
     pub fn deny_all() -> Self {
         Self {
             grant: Grant::default(),
@@ -284,7 +283,7 @@ impl Policy {
         self.origins.iter().any(|origin| origin.permits(url))
     }
 
-    /// Whether secret `name` may be sent to `url`.
+    /// Returns whether secret `name` may be sent to `url`.
     pub fn permits_secret(&self, name: &str, url: &Url) -> bool {
         self.secret_origins
             .get(name)
