@@ -67,6 +67,9 @@ pub trait Store: Send + Sync {
     fn cases(&self) -> Result<Vec<Case>, StoreError>;
 
     /// Applies `change` to case `id` atomically and returns the new case.
+    /// The case `change` receives has empty `alert_ids`, `timeline` and
+    /// `run_ids`: those lists are append-only, and whatever `change` pushes
+    /// to them is appended to the stored lists.
     fn update_case(&self, id: &str, change: &mut dyn FnMut(&mut Case)) -> Result<Case, StoreError>;
 
     /// Returns a new run id, unique in this database.

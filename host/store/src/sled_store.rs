@@ -5,6 +5,9 @@
 //! - `alert_cases`: alert id to the id of the case it joined;
 //! - `cases`: case id (`C` and eight digits, in creation order) to the case,
 //!   and the case counter under a key that sorts last;
+//! - `case_items`: case id, a zero byte, a list tag (0 alert ids, 1
+//!   timeline, 2 run ids) and an index (big-endian `u32`) to one item of
+//!   that list;
 //! - `open_cases`: fingerprint to the id of the open case with it;
 //! - `pending`: sequence number to the id of an accepted alert whose runs
 //!   have not finished;
@@ -19,10 +22,10 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use palisade_model::{Alert, Case, CaseStatus, RunRecord, RunStatus, StepError, StepRecord};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use crate::{IngestOutcome, Store, StoreError};
 
@@ -34,6 +37,7 @@ pub struct SledStore {
     cases: sled::Tree,
     open_cases: sled::Tree,
     pending: sled::Tree,
+    case_items: sled::Tree,
     runs: sled::Tree,
     run_steps: sled::Tree,
     kv: sled::Tree,
@@ -61,6 +65,7 @@ impl SledStore {
             cases: tree("cases")?,
             open_cases: tree("open_cases")?,
             pending: tree("pending")?,
+            case_items: tree("case_items")?,
             runs: tree("runs")?,
             run_steps: tree("run_steps")?,
             kv: tree("kv")?,
@@ -78,6 +83,97 @@ impl SledStore {
             })
             .map_err(database)?;
         Ok(next.as_deref().map_or(1, decode_counter))
+    }
+}
+
+/// Lengths of a case's append-only lists, stored in the case record.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct ListLengths {
+    alert_ids: u32,
+    timeline: u32,
+    run_ids: u32,
+}
+
+/// A case as stored in the `cases` tree. Its alert ids, timeline and run ids
+/// are empty here and kept in `case_items`, one entry each, so adding an
+/// alert to a large case does not rewrite all the earlier ones.
+#[derive(Serialize, Deserialize)]
+struct StoredCase {
+    #[serde(flatten)]
+    case: Case,
+    lists: ListLengths,
+}
+
+/// The append-only lists of a case, by their tag byte in `case_items` keys.
+const ALERT_IDS: u8 = 0;
+const TIMELINE: u8 = 1;
+const RUN_IDS: u8 = 2;
+
+/// Key of item `index` of list `tag` of a case: the case id, a zero byte,
+/// the tag and the index in big-endian, so a list's items sort in order.
+fn case_item_key(case_id: &str, tag: u8, index: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(case_id.len() + 6);
+    key.extend_from_slice(case_id.as_bytes());
+    key.push(0);
+    key.push(tag);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// Writes `case`, whose lists hold only items added since it was read, as
+/// the record plus one `case_items` entry per new item.
+fn write_case(
+    cases: &TransactionalTree,
+    case_items: &TransactionalTree,
+    mut case: Case,
+    mut lists: ListLengths,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    for alert_id in std::mem::take(&mut case.alert_ids) {
+        case_items.insert(
+            case_item_key(&case.id, ALERT_IDS, lists.alert_ids),
+            alert_id.as_bytes(),
+        )?;
+        lists.alert_ids += 1;
+    }
+    for event in std::mem::take(&mut case.timeline) {
+        case_items.insert(
+            case_item_key(&case.id, TIMELINE, lists.timeline),
+            encode(&event),
+        )?;
+        lists.timeline += 1;
+    }
+    for run_id in std::mem::take(&mut case.run_ids) {
+        case_items.insert(
+            case_item_key(&case.id, RUN_IDS, lists.run_ids),
+            run_id.as_bytes(),
+        )?;
+        lists.run_ids += 1;
+    }
+    let key = case.id.clone();
+    cases.insert(key.as_bytes(), encode(&StoredCase { case, lists }))?;
+    Ok(())
+}
+
+impl SledStore {
+    /// Reads a stored case and fills in its lists from `case_items`.
+    fn assemble_case(&self, key: &[u8], bytes: &[u8]) -> Result<Case, StoreError> {
+        let StoredCase { mut case, .. } = decode("cases", key, bytes)?;
+        let mut prefix = key.to_vec();
+        prefix.push(0);
+        for entry in self.case_items.scan_prefix(&prefix) {
+            let (item_key, value) = entry.map_err(database)?;
+            match item_key.get(prefix.len()) {
+                Some(&ALERT_IDS) => case
+                    .alert_ids
+                    .push(String::from_utf8_lossy(&value).into_owned()),
+                Some(&TIMELINE) => case.timeline.push(decode("case_items", &item_key, &value)?),
+                Some(&RUN_IDS) => case
+                    .run_ids
+                    .push(String::from_utf8_lossy(&value).into_owned()),
+                _ => {}
+            }
+        }
+        Ok(case)
     }
 }
 
@@ -205,59 +301,65 @@ impl Store for SledStore {
             &self.alerts,
             &self.alert_cases,
             &self.cases,
+            &self.case_items,
             &self.open_cases,
             &self.pending,
         );
-        let result = trees.transaction(|(alerts, alert_cases, cases, open_cases, pending)| {
-            if alerts.get(alert.id.as_bytes())?.is_some() {
-                let case_id = alert_cases
-                    .get(alert.id.as_bytes())?
-                    .map(|id| String::from_utf8_lossy(&id).into_owned())
-                    .unwrap_or_default();
-                return Ok(IngestOutcome {
-                    alert_is_new: false,
-                    case_id,
-                    case_is_new: false,
-                });
-            }
-            let existing = match open_cases.get(alert.fingerprint.as_bytes())? {
-                Some(case_id) => cases
-                    .get(&case_id)?
-                    .map(|bytes| decode::<Case>("cases", &case_id, &bytes))
-                    .transpose()
-                    .map_err(ConflictableTransactionError::Abort)?,
-                None => None,
-            };
-            let case_is_new = existing.is_none();
-            let mut case = match existing {
-                Some(case) => case,
-                None => {
-                    // The case counter lives in the `cases` tree so that a
-                    // number is taken only when a case is really created.
-                    let number = cases.get(CASE_COUNTER)?.map_or(0, |b| decode_counter(&b)) + 1;
-                    cases.insert(CASE_COUNTER, &number.to_be_bytes())?;
-                    new_case(format!("C{number:08}"), alert, now)
+        let result = trees.transaction(
+            |(alerts, alert_cases, cases, case_items, open_cases, pending)| {
+                if alerts.get(alert.id.as_bytes())?.is_some() {
+                    let case_id = alert_cases
+                        .get(alert.id.as_bytes())?
+                        .map(|id| String::from_utf8_lossy(&id).into_owned())
+                        .unwrap_or_default();
+                    return Ok(IngestOutcome {
+                        alert_is_new: false,
+                        case_id,
+                        case_is_new: false,
+                    });
                 }
-            };
-            case.alert_ids.push(alert.id.clone());
-            case.severity = case.severity.max(alert.severity);
-            case.record(
-                "alert_added",
-                format!("alert {} ({})", alert.id, alert.rule.name),
-                now,
-            );
+                let existing = match open_cases.get(alert.fingerprint.as_bytes())? {
+                    Some(case_id) => cases
+                        .get(&case_id)?
+                        .map(|bytes| decode::<StoredCase>("cases", &case_id, &bytes))
+                        .transpose()
+                        .map_err(ConflictableTransactionError::Abort)?,
+                    None => None,
+                };
+                let case_is_new = existing.is_none();
+                let StoredCase { mut case, lists } = match existing {
+                    Some(stored) => stored,
+                    None => {
+                        // The case counter lives in the `cases` tree so that a
+                        // number is taken only when a case is really created.
+                        let number = cases.get(CASE_COUNTER)?.map_or(0, |b| decode_counter(&b)) + 1;
+                        cases.insert(CASE_COUNTER, &number.to_be_bytes())?;
+                        StoredCase {
+                            case: new_case(format!("C{number:08}"), alert, now),
+                            lists: ListLengths::default(),
+                        }
+                    }
+                };
+                case.alert_ids.push(alert.id.clone());
+                case.severity = case.severity.max(alert.severity);
+                case.record(
+                    "alert_added",
+                    format!("alert {} ({})", alert.id, alert.rule.name),
+                    now,
+                );
 
-            alerts.insert(alert.id.as_bytes(), alert_bytes.as_slice())?;
-            alert_cases.insert(alert.id.as_bytes(), case.id.as_bytes())?;
-            cases.insert(case.id.as_bytes(), encode(&case))?;
-            open_cases.insert(alert.fingerprint.as_bytes(), case.id.as_bytes())?;
-            pending.insert(&pending_key, alert.id.as_bytes())?;
-            Ok(IngestOutcome {
-                alert_is_new: true,
-                case_id: case.id,
-                case_is_new,
-            })
-        });
+                alerts.insert(alert.id.as_bytes(), alert_bytes.as_slice())?;
+                alert_cases.insert(alert.id.as_bytes(), case.id.as_bytes())?;
+                write_case(cases, case_items, case.clone(), lists)?;
+                open_cases.insert(alert.fingerprint.as_bytes(), case.id.as_bytes())?;
+                pending.insert(&pending_key, alert.id.as_bytes())?;
+                Ok(IngestOutcome {
+                    alert_is_new: true,
+                    case_id: case.id,
+                    case_is_new,
+                })
+            },
+        );
         result.map_err(transaction_error)
     }
 
@@ -299,11 +401,10 @@ impl Store for SledStore {
         if id.as_bytes() == CASE_COUNTER {
             return Ok(None);
         }
-        self.cases
-            .get(id.as_bytes())
-            .map_err(database)?
-            .map(|bytes| decode("cases", id.as_bytes(), &bytes))
-            .transpose()
+        let Some(bytes) = self.cases.get(id.as_bytes()).map_err(database)? else {
+            return Ok(None);
+        };
+        self.assemble_case(id.as_bytes(), &bytes).map(Some)
     }
 
     fn cases(&self) -> Result<Vec<Case>, StoreError> {
@@ -312,7 +413,7 @@ impl Store for SledStore {
             .filter(|entry| !matches!(entry, Ok((key, _)) if key.as_ref() == CASE_COUNTER))
             .map(|entry| {
                 let (key, bytes) = entry.map_err(database)?;
-                decode("cases", &key, &bytes)
+                self.assemble_case(&key, &bytes)
             })
             .collect()
     }
@@ -321,17 +422,22 @@ impl Store for SledStore {
         // sled may run the transaction more than once; each run applies the
         // change to a freshly read case.
         let change = std::cell::RefCell::new(change);
-        let result = (&self.cases, &self.open_cases).transaction(|(cases, open_cases)| {
-            let bytes = cases.get(id.as_bytes())?.ok_or_else(|| {
+        let trees = (&self.cases, &self.case_items, &self.open_cases);
+        let result = trees.transaction(|(cases, case_items, open_cases)| {
+            let not_found = || {
                 ConflictableTransactionError::Abort(StoreError::NotFound {
                     what: "case",
                     id: id.to_string(),
                 })
-            })?;
-            let mut case: Case = decode("cases", id.as_bytes(), &bytes)
+            };
+            if id.as_bytes() == CASE_COUNTER {
+                return Err(not_found());
+            }
+            let bytes = cases.get(id.as_bytes())?.ok_or_else(not_found)?;
+            let StoredCase { mut case, lists } = decode("cases", id.as_bytes(), &bytes)
                 .map_err(ConflictableTransactionError::Abort)?;
             (change.borrow_mut())(&mut case);
-            cases.insert(id.as_bytes(), encode(&case))?;
+            write_case(cases, case_items, case.clone(), lists)?;
             if !case.status.is_open() {
                 let indexed = open_cases.get(case.fingerprint.as_bytes())?;
                 if indexed.as_deref() == Some(id.as_bytes()) {
@@ -340,7 +446,11 @@ impl Store for SledStore {
             }
             Ok(case)
         });
-        result.map_err(transaction_error)
+        let updated = result.map_err(transaction_error)?;
+        self.case(&updated.id)?.ok_or_else(|| StoreError::NotFound {
+            what: "case",
+            id: id.to_string(),
+        })
     }
 
     fn next_run_id(&self) -> Result<String, StoreError> {
@@ -483,6 +593,38 @@ mod tests {
         assert_eq!(ids, ["C00000001", "C00000002"]);
         assert_eq!(store.next_run_id().unwrap(), "R00000001");
         assert_eq!(store.next_run_id().unwrap(), "R00000002");
+    }
+
+    #[test]
+    fn large_case_keeps_every_list_item() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut case_id = String::new();
+        for minute in 0..300 {
+            let text = FIM_AGAIN.replace(
+                "20:00:00",
+                &format!("20:{:02}:{:02}", minute / 60, minute % 60),
+            );
+            case_id = store
+                .ingest_alert(&alert(&text), Utc::now())
+                .unwrap()
+                .case_id;
+        }
+        store
+            .update_case(&case_id, &mut |case| case.run_ids.push("R00000001".into()))
+            .unwrap();
+        let case = store.case(&case_id).unwrap().unwrap();
+        assert_eq!(case.alert_ids.len(), 300);
+        // One event for opening, one per alert.
+        assert_eq!(case.timeline.len(), 301);
+        assert_eq!(case.timeline[0].kind, "case_opened");
+        assert_eq!(case.run_ids, vec!["R00000001".to_string()]);
+        let record = store.cases.get(case_id.as_bytes()).unwrap().unwrap();
+        assert!(
+            record.len() < 2_000,
+            "the case record stays small: {} bytes",
+            record.len()
+        );
     }
 
     #[test]
