@@ -108,7 +108,7 @@ fn prepare(
     }
     if !policy.permits_url(&url) {
         return Err(HttpError::Denied(format!(
-            "origin {} is not granted to this plugin",
+            "origin {} is not granted to this plugin; an operator can add it to `http_origins` of the plugin in palisade.toml",
             url.origin().ascii_serialization()
         )));
     }
@@ -131,7 +131,7 @@ fn prepare(
     if let Some(secret) = &request.secret {
         if !policy.permits_secret(&secret.name, &url) {
             return Err(HttpError::Denied(format!(
-                "secret {:?} is not granted for origin {}",
+                "secret {:?} is not granted for origin {}; an operator can bind it in `[[plugins.NAME.secrets]]` of palisade.toml",
                 secret.name,
                 url.origin().ascii_serialization()
             )));
@@ -142,7 +142,7 @@ fn prepare(
             .and_then(|source| source.secret(&secret.name))
             .ok_or_else(|| {
                 HttpError::Denied(format!(
-                    "secret {:?} has no value on this host",
+                    "secret {:?} has no value on this host; set the environment variable or file that palisade.toml names for it under [secrets]",
                     secret.name
                 ))
             })?;

@@ -56,9 +56,9 @@ pub fn map_http_error(url: &str, error: HttpError) -> PluginError {
         })
     };
     match error {
-        HttpError::Denied(reason) => PluginError::Denied(format!(
-            "the host denied the request to {url}: {reason}; grant the origin and the `{API_KEY_SECRET}` secret to virustotal"
-        )),
+        HttpError::Denied(reason) => {
+            PluginError::Denied(format!("the host denied the request to {url}: {reason}"))
+        }
         HttpError::InvalidRequest(reason) => PluginError::Internal(format!(
             "the host rejected the request to {url} as invalid: {reason}"
         )),
