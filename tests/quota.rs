@@ -11,10 +11,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use palisade::host::StoreKeyValue;
+use support::daemon::Daemon;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -98,36 +101,6 @@ struct TestSecrets;
 impl SecretSource for TestSecrets {
     fn secret(&self, name: &str) -> Option<SecretValue> {
         (name == VT_SECRET).then(|| SecretValue::new("quota-test-key".into()))
-    }
-}
-
-/// The runtime's key-value store on a real sled database.
-struct SledKv(Arc<SledStore>);
-
-impl KeyValueStore for SledKv {
-    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.0.kv_get(namespace, key).map_err(|e| e.to_string())
-    }
-
-    fn set(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        self.0
-            .kv_set(namespace, key, value)
-            .map_err(|e| e.to_string())
-    }
-
-    fn delete(&self, namespace: &str, key: &str) -> Result<(), String> {
-        self.0.kv_delete(namespace, key).map_err(|e| e.to_string())
-    }
-
-    fn list_keys(
-        &self,
-        namespace: &str,
-        prefix: &str,
-        limit: usize,
-    ) -> Result<Vec<String>, String> {
-        self.0
-            .kv_list(namespace, prefix, limit)
-            .map_err(|e| e.to_string())
     }
 }
 
@@ -465,7 +438,7 @@ async fn daily_count_survives_a_restart() {
 
     {
         let store = Arc::new(SledStore::open(&database).unwrap());
-        let kv: Arc<dyn KeyValueStore> = Arc::new(SledKv(store.clone()));
+        let kv: Arc<dyn KeyValueStore> = Arc::new(StoreKeyValue(store.clone()));
         let runtime = runtime_with(
             hostile_component(),
             grant(&server.origin(), quotas.clone()),
@@ -483,7 +456,7 @@ async fn daily_count_survives_a_restart() {
 
     // A new runtime on the same database starts from the stored count.
     let store = Arc::new(SledStore::open(&database).unwrap());
-    let kv: Arc<dyn KeyValueStore> = Arc::new(SledKv(store.clone()));
+    let kv: Arc<dyn KeyValueStore> = Arc::new(StoreKeyValue(store.clone()));
     let runtime = runtime_with(
         hostile_component(),
         grant(&server.origin(), quotas),
@@ -723,46 +696,7 @@ fn configuration_file_with_invalid_quota_fails_to_load() {
 // ---------------------------------------------------------------------------
 // `palisade serve`, `GET /v1/quotas` and `palisade quota`.
 
-/// A running daemon, killed when dropped.
-struct Daemon {
-    child: Child,
-    base: String,
-}
-
 impl Daemon {
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .arg("--config")
-            .arg(config)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let address = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Self {
-            child,
-            base: format!("http://{address}"),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let response = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
-        assert!(
-            response.status().is_success(),
-            "GET {path}: {}",
-            response.status()
-        );
-        serde_json::from_str(&response.text().await.unwrap()).unwrap()
-    }
-
     /// Waits until no run is running and at least `expected` exist.
     async fn wait_for_runs(&self, expected: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -776,23 +710,6 @@ impl Daemon {
             assert!(Instant::now() < deadline, "runs did not finish: {runs:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    fn stop(mut self) {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "daemon exited with {exit}");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

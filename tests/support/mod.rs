@@ -4,6 +4,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+pub mod daemon;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -63,7 +63,7 @@ impl PluginCaller for RuntimeCaller {
 }
 
 /// Plugin key-value namespaces kept in the store.
-struct StoreKeyValue(Arc<SledStore>);
+pub struct StoreKeyValue(pub Arc<SledStore>);
 
 impl KeyValueStore for StoreKeyValue {
     fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
