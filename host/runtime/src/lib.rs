@@ -518,11 +518,6 @@ fn engine_config() -> Config {
     pool.total_tables(2 * MAX_CONCURRENT_INSTANCES);
     pool.total_stacks(MAX_CONCURRENT_INSTANCES);
     pool.max_memory_size(MAX_MEMORY_BYTES);
-    // Reset the first pages of a reused slot with memset rather than
-    // madvise: a small plugin touches little memory, and zeroing it in place
-    // avoids a page fault per page on the next call.
-    pool.linear_memory_keep_resident(1 << 20);
-    pool.table_keep_resident(64 << 10);
     config.memory_reservation(1 << 30);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
