@@ -332,3 +332,48 @@ async fn echoed_secret_is_redacted() {
     let report = serde_json::to_string(&failure.report).unwrap();
     assert!(!report.contains(TEST_API_KEY), "{report}");
 }
+
+#[tokio::test]
+async fn plugin_show_lists_ignored_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let origin = "http://127.0.0.1:9";
+    let path = write_config(dir.path(), Some(origin));
+    // Grant the VirusTotal plugin an origin and a setting it does not
+    // request, beside the ones it does.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            &format!(r#"http_origins = ["{origin}"]"#),
+            &format!(r#"http_origins = ["{origin}", "https://unrequested.example"]"#),
+        )
+        .replace(
+            &format!(r#"config = {{ base_url = "{origin}" }}"#),
+            &format!(r#"config = {{ base_url = "{origin}", extra = "1" }}"#),
+        );
+    assert!(text.contains("unrequested.example"), "{text}");
+    assert!(text.contains("extra"), "{text}");
+    std::fs::write(&path, text).unwrap();
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .arg("--config")
+        .arg(&path)
+        .args(["plugin", "show", "virustotal"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "plugin show failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "ignored (not requested): http-origins https://unrequested.example, config extra"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("config:base_url"),
+        "requested origins are missing: {stdout}"
+    );
+}

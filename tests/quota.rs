@@ -71,11 +71,14 @@ fn rules(text: &str) -> Vec<QuotaRule> {
     toml::from_str::<Rules>(text).unwrap().quotas
 }
 
-/// Returns a grant of `origin` with `quotas`. The wall-clock limit leaves room for
-/// the waits the tests cause.
+/// Returns a grant of `origin` with `quotas`, with `origin` also set as the
+/// hostile plugin's `target_origin`, which it requests as
+/// `config:target_origin`. The wall-clock limit leaves room for the waits
+/// the tests cause.
 fn grant(origin: &str, quotas: Vec<QuotaRule>) -> Grant {
     Grant {
         http_origins: vec![origin.to_string()],
+        config: [("target_origin".to_string(), origin.to_string())].into(),
         limits: Limits {
             wall_ms: 20_000,
             ..Limits::default()
@@ -88,7 +91,7 @@ fn grant(origin: &str, quotas: Vec<QuotaRule>) -> Grant {
 /// Returns the VirusTotal grant: `origin` as base URL, with the API key bound to it.
 fn virustotal_grant(origin: &str, quotas: Vec<QuotaRule>) -> Grant {
     let mut grant = grant(origin, quotas);
-    grant.config.insert("base_url".into(), origin.into());
+    grant.config = [("base_url".to_string(), origin.to_string())].into();
     grant.secrets = vec![SecretGrant {
         name: VT_SECRET.into(),
         origins: vec![origin.into()],

@@ -13,6 +13,11 @@
 //! connection and request. URLs that name 169.254.169.254 or 10.0.0.1 are
 //! never granted, and the tests check that the host denies them before
 //! connecting anywhere.
+//!
+//! The hostile plugin requests its origins as `config:target_origin` and
+//! `config:second_origin`, so each test grants an origin and sets those
+//! settings to it. The host-side checks then apply to an origin that is both
+//! requested and granted.
 
 mod support;
 
@@ -25,8 +30,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use palisade_runtime::{
-    CallContext, CallFailure, CallOutput, Grant, KeyValueStore, Limits, LoadError, Runtime,
-    RuntimeConfig, SecretGrant, SecretSource, SecretValue,
+    CallContext, CallFailure, CallOutput, Grant, IgnoredGrant, KeyValueStore, Limits, LoadError,
+    Runtime, RuntimeConfig, SecretGrant, SecretSource, SecretValue,
 };
 use reqwest::Url;
 use serde_json::{Value, json};
@@ -65,9 +70,13 @@ const RESPONSE_DELAY: Duration = Duration::from_millis(3 * CPU_MS);
 const SECRET_HEADER: &str = "x-palisade-secret";
 const GRANTED_SECRET: &str = "granted-token";
 const GRANTED_SECRET_VALUE: &str = "granted-value-3c1f8e";
-/// A secret the host has a value for but never grants to the hostile plugin.
+/// A secret the hostile plugin requests and the host has a value for, but
+/// that no test grants.
 const UNGRANTED_SECRET: &str = "ungranted-token";
 const UNGRANTED_SECRET_VALUE: &str = "ungranted-value-9d24b7";
+/// A secret the host has a value for but the hostile plugin does not request.
+const UNREQUESTED_SECRET: &str = "unrequested-token";
+const UNREQUESTED_SECRET_VALUE: &str = "unrequested-value-47a0e2";
 
 // ---------------------------------------------------------------------------
 // Fixtures: components, runtime, key-value store and secrets.
@@ -124,10 +133,23 @@ fn small_limits() -> Limits {
     }
 }
 
-/// Returns a grant of nothing but `origins`, under the small limits.
+/// Settings whose values the hostile plugin requests as origins, in the
+/// order [`grant_origins`] fills them.
+const ORIGIN_SETTINGS: [&str; 2] = ["target_origin", "second_origin"];
+
+/// Returns a grant of nothing but `origins`, under the small limits. The
+/// first two origins are also set as the hostile plugin's `target_origin`
+/// and `second_origin`, which it requests as `config:KEY`.
 fn grant_origins(origins: &[&str]) -> Grant {
+    assert!(origins.len() <= ORIGIN_SETTINGS.len(), "too many origins");
+    let config = ORIGIN_SETTINGS
+        .iter()
+        .zip(origins)
+        .map(|(key, origin)| (key.to_string(), origin.to_string()))
+        .collect();
     Grant {
         http_origins: origins.iter().map(|origin| origin.to_string()).collect(),
+        config,
         limits: small_limits(),
         ..Grant::default()
     }
@@ -180,7 +202,7 @@ impl KeyValueStore for MemoryKv {
     }
 }
 
-/// Secret source with two secrets. Which of them a plugin may use depends on
+/// Secret source with three secrets. Which of them a plugin may use depends on
 /// its grant.
 struct TestSecrets;
 
@@ -189,6 +211,7 @@ impl SecretSource for TestSecrets {
         match name {
             GRANTED_SECRET => Some(SecretValue::new(GRANTED_SECRET_VALUE.into())),
             UNGRANTED_SECRET => Some(SecretValue::new(UNGRANTED_SECRET_VALUE.into())),
+            UNREQUESTED_SECRET => Some(SecretValue::new(UNREQUESTED_SECRET_VALUE.into())),
             _ => None,
         }
     }
@@ -805,6 +828,135 @@ async fn key_value_write_without_grant_is_denied() {
         .expect_err("kv-write succeeded without a key-value grant");
     assert_eq!(failure.error.kind(), "denied", "{}", failure.error);
     assert_eq!(sandbox.kv.len(), 0, "the write reached the store");
+}
+
+#[tokio::test]
+async fn key_value_write_with_grant_succeeds() {
+    let mut grant = grant_origins(&[]);
+    grant.key_value = true;
+    let sandbox = Sandbox::start(grant).await;
+    let output = sandbox
+        .call("hostile", "kv-write", json!({}))
+        .await
+        .unwrap_or_else(|failure| panic!("kv-write: {}", failure.error))
+        .output;
+    assert_eq!(output["written"], true, "{output}");
+    assert_eq!(sandbox.kv.len(), 1, "the write did not reach the store");
+}
+
+// ---------------------------------------------------------------------------
+// Grants narrowed to what the plugin requested.
+
+/// Returns the grant entries the runtime ignores for the hostile plugin.
+fn ignored_grants(sandbox: &Sandbox) -> Vec<IgnoredGrant> {
+    let loaded = sandbox
+        .runtime
+        .plugin("hostile")
+        .expect("hostile is loaded");
+    loaded.policy.ignored().to_vec()
+}
+
+#[tokio::test]
+async fn granted_origin_not_requested_is_denied() {
+    let requested = CountingServer::start(ServerMode::Respond);
+    let unrequested = CountingServer::start(ServerMode::Respond);
+    let mut grant = grant_origins(&[&requested.origin()]);
+    grant.http_origins.push(unrequested.origin());
+    let sandbox = Sandbox::start(grant).await;
+
+    let output = sandbox
+        .fetch(json!({ "url": format!("{}/", unrequested.origin()) }))
+        .await;
+    assert_eq!(fetch_error_kind(&output), Some("denied"), "{output}");
+    assert_eq!(
+        unrequested.connections(),
+        0,
+        "the unrequested origin was reached"
+    );
+
+    let output = sandbox
+        .fetch(json!({ "url": format!("{}/", requested.origin()) }))
+        .await;
+    assert_eq!(output["status"], 200, "{output}");
+    assert_eq!(
+        ignored_grants(&sandbox),
+        [IgnoredGrant::HttpOrigin(unrequested.origin())]
+    );
+}
+
+#[tokio::test]
+async fn requested_setting_origin_needs_a_grant() {
+    let server = CountingServer::start(ServerMode::Respond);
+    // The plugin requests the origin of `target_origin` and the operator
+    // sets that setting, but does not grant the origin itself.
+    let mut grant = grant_origins(&[]);
+    grant
+        .config
+        .insert("target_origin".to_string(), server.origin());
+    let sandbox = Sandbox::start(grant).await;
+
+    let output = sandbox
+        .fetch(json!({ "url": format!("{}/", server.origin()) }))
+        .await;
+    assert_eq!(fetch_error_kind(&output), Some("denied"), "{output}");
+    assert_eq!(server.connections(), 0, "an ungranted origin was reached");
+}
+
+#[tokio::test]
+async fn granted_secret_not_requested_is_denied() {
+    let server = CountingServer::start(ServerMode::Respond);
+    let mut grant = grant_origins(&[&server.origin()]);
+    grant.secrets = vec![SecretGrant {
+        name: UNREQUESTED_SECRET.to_string(),
+        origins: vec![server.origin()],
+    }];
+    let sandbox = Sandbox::start(grant).await;
+
+    let output = sandbox
+        .fetch(json!({ "url": format!("{}/", server.origin()), "secret": UNREQUESTED_SECRET }))
+        .await;
+    assert_eq!(fetch_error_kind(&output), Some("denied"), "{output}");
+    assert!(
+        server.requests().is_empty(),
+        "a request with an unrequested secret reached the server"
+    );
+    assert!(
+        !output.to_string().contains(UNREQUESTED_SECRET_VALUE),
+        "the secret value reached the plugin"
+    );
+    assert_eq!(
+        ignored_grants(&sandbox),
+        [IgnoredGrant::Secret(UNREQUESTED_SECRET.to_string())]
+    );
+}
+
+/// Calls `hostile.read-config` and returns the setting's value or null.
+async fn read_config(sandbox: &Sandbox, key: &str) -> Value {
+    let output = sandbox
+        .call("hostile", "read-config", json!({ "key": key }))
+        .await
+        .unwrap_or_else(|failure| panic!("read-config {key}: {}", failure.error))
+        .output;
+    output["value"].clone()
+}
+
+#[tokio::test]
+async fn granted_setting_not_requested_is_hidden() {
+    let mut grant = grant_origins(&[]);
+    grant
+        .config
+        .insert("visible".to_string(), "shown".to_string());
+    grant
+        .config
+        .insert("hidden".to_string(), "not-for-the-plugin".to_string());
+    let sandbox = Sandbox::start(grant).await;
+
+    assert_eq!(read_config(&sandbox, "visible").await, "shown");
+    assert_eq!(read_config(&sandbox, "hidden").await, Value::Null);
+    assert_eq!(
+        ignored_grants(&sandbox),
+        [IgnoredGrant::Config("hidden".to_string())]
+    );
 }
 
 // ---------------------------------------------------------------------------

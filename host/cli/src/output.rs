@@ -176,8 +176,9 @@ pub fn run_detail(run: &RunRecord) -> String {
     out
 }
 
-/// Formats a plugin's actions and its requested versus granted
-/// capabilities.
+/// Formats a plugin's actions, its requested versus granted capabilities,
+/// and the grant entries the runtime ignores because the plugin did not
+/// request them. A capability is usable only where both columns name it.
 pub fn plugin_detail(plugin: &LoadedPlugin) -> String {
     let info = &plugin.info;
     let grant = &plugin.policy.grant;
@@ -225,6 +226,20 @@ pub fn plugin_detail(plugin: &LoadedPlugin) -> String {
         list(&requested.config),
         granted_config.join(", ")
     );
+
+    let ignored = plugin.policy.ignored();
+    if !ignored.is_empty() {
+        let entries: Vec<String> = ignored.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "ignored (not requested): {}",
+            printable(&entries.join(", "))
+        );
+    }
+    for entry in plugin.policy.invalid_requested_origins() {
+        let _ = writeln!(out, "invalid request: {}", printable(entry));
+    }
+
     let limits = &grant.limits;
     let _ = writeln!(
         out,

@@ -152,7 +152,7 @@ impl HostState {
     }
 
     fn kv(&self) -> Result<&Arc<dyn KeyValueStore>, key_value::KvError> {
-        if !self.policy.grant.key_value {
+        if !self.policy.permits_key_value() {
             return Err(key_value::KvError::Denied);
         }
         self.services

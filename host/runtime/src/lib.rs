@@ -59,7 +59,8 @@ pub use crate::error::{CallError, LoadError};
 pub use crate::host::{HttpCall, KeyValueStore, LogLevel, LogLine, SecretSource, SecretValue};
 pub use crate::outbound::is_blocked;
 pub use crate::policy::{
-    Grant, InvalidGrant, InvalidOrigin, Limits, OriginPattern, Policy, SecretGrant,
+    CONFIG_ORIGIN_PREFIX, Grant, IgnoredGrant, InvalidGrant, InvalidOrigin, Limits, OriginPattern,
+    Policy, SecretGrant,
 };
 pub use crate::quota::{
     CountStatus, InvalidQuota, OnExceed, PauseStatus, PluginQuotaStatus, QUOTA_NAMESPACE,
@@ -210,8 +211,11 @@ impl Runtime {
         &self.services.quotas
     }
 
-    /// Loads the component at `path`, calls its `describe` export under
-    /// `grant`, and registers it under the name it reports.
+    /// Loads the component at `path`, calls its `describe` export, and
+    /// registers it under the name it reports. The plugin runs under the
+    /// grant `grant_for` returns for that name, narrowed to what `describe`
+    /// requested (see [`Policy::for_request`]). Each grant entry dropped that
+    /// way is logged as a warning.
     pub async fn load(
         &self,
         path: &Path,
@@ -261,10 +265,12 @@ impl Runtime {
                 max: MAX_MEMORY_BYTES,
             });
         }
-        let policy = Policy::new(grant).map_err(|source| LoadError::Grant {
-            plugin: info.name.clone(),
-            source,
-        })?;
+        let policy =
+            Policy::for_request(grant, &info.capabilities).map_err(|source| LoadError::Grant {
+                plugin: info.name.clone(),
+                source,
+            })?;
+        log_policy_warnings(&info.name, &policy);
         self.services.quotas.register(&info.name, &policy)?;
         let loaded = Arc::new(LoadedPlugin {
             info,
@@ -459,6 +465,25 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Logs one warning per grant entry `policy` ignores and per invalid
+/// requested origin of plugin `plugin`.
+fn log_policy_warnings(plugin: &str, policy: &Policy) {
+    for entry in policy.ignored() {
+        tracing::warn!(
+            plugin.name = %plugin,
+            entry = %entry,
+            "grant entry ignored: the plugin did not request it"
+        );
+    }
+    for entry in policy.invalid_requested_origins() {
+        tracing::warn!(
+            plugin.name = %plugin,
+            requested = %entry,
+            "requested origin ignored: it is invalid"
+        );
     }
 }
 

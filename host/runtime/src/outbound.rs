@@ -5,13 +5,15 @@
 //! request forgery). Every request is checked in this order:
 //!
 //! 1. the URL parses, with scheme `http` or `https`;
-//! 2. its origin (scheme, host, port) is one the operator granted;
+//! 2. its origin (scheme, host, port) is one the operator granted and the
+//!    plugin requested (see [`Policy::for_request`]);
 //! 3. a requested secret is granted and bound to that origin;
 //! 4. the host name is resolved by the host, and every loopback, private,
 //!    link-local, CGNAT, unique-local or unspecified address is dropped, so
 //!    the connection goes to an address that was checked. An address literal
-//!    in the URL is allowed in those ranges only when a granted origin names
-//!    that exact literal, which is how tests reach servers on 127.0.0.1;
+//!    in the URL is allowed in those ranges only when an effective origin
+//!    names that exact literal, which is how tests reach servers on
+//!    127.0.0.1;
 //! 5. the plugin's quotas admit the request (see [`crate::quota`]), which
 //!    may wait, and only then is it sent.
 //!
@@ -241,8 +243,8 @@ pub(crate) fn describe_error(error: &HttpError) -> String {
     }
 }
 
-/// Rejects an address literal in a blocked range unless a granted origin
-/// names it exactly.
+/// Rejects an address literal in a blocked range unless an effective origin
+/// (granted and requested) names it exactly.
 fn check_address_literal(url: &Url, policy: &Policy) -> Result<(), HttpError> {
     let ip = match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
@@ -252,12 +254,7 @@ fn check_address_literal(url: &Url, policy: &Policy) -> Result<(), HttpError> {
     if !is_blocked(ip) {
         return Ok(());
     }
-    let named = policy.grant.http_origins.iter().any(|origin| {
-        Url::parse(origin)
-            .ok()
-            .and_then(|granted| granted.host().map(|h| h.to_owned()))
-            .is_some_and(|granted| Some(granted) == url.host().map(|h| h.to_owned()))
-    });
+    let named = policy.names_host_of(url);
     if named {
         Ok(())
     } else {

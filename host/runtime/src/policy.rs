@@ -1,9 +1,11 @@
 //! Grants an operator gives a plugin, and the checks made against them.
 //!
-//! A plugin gets nothing it was not granted: no origin, no secret, no
-//! key-value namespace and no setting. Limits have conservative defaults so
-//! an operator who grants nothing still gets a bounded plugin. Quotas are
-//! off unless the grant lists rules.
+//! A plugin gets only what it requested in `describe` and the operator also
+//! granted: no origin, no secret, no key-value namespace and no setting
+//! outside both. A grant never widens a request, and [`Policy::ignored`]
+//! lists the grant entries the plugin did not request. Limits have
+//! conservative defaults so an operator who grants nothing still gets a
+//! bounded plugin. Quotas are off unless the grant lists rules.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +14,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::Capabilities;
 use crate::quota::{CheckedRule, InvalidQuota, QuotaRule, check_rules};
+
+/// Prefix of a requested HTTP origin that names a configuration setting:
+/// `config:KEY` means the origin of the operator's value for `KEY`.
+pub const CONFIG_ORIGIN_PREFIX: &str = "config:";
 
 /// Resource limits applied to every call of one plugin.
 #[derive(Clone, Debug, Deserialize)]
@@ -195,6 +202,55 @@ impl OriginPattern {
     }
 }
 
+impl OriginPattern {
+    /// Returns whether every URL inside `other` is also inside this origin.
+    pub fn covers(&self, other: &OriginPattern) -> bool {
+        let host_covered = match (&self.host, &other.host) {
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+            (HostPattern::Subdomains(suffix), HostPattern::Exact(host)) => {
+                is_subdomain(host, suffix)
+            }
+            (HostPattern::Subdomains(a), HostPattern::Subdomains(b)) => {
+                a == b || is_subdomain(b, a)
+            }
+            (HostPattern::Exact(_), HostPattern::Subdomains(_)) => false,
+        };
+        self.scheme == other.scheme && self.port == other.port && host_covered
+    }
+
+    /// Returns whether this origin names exactly the host of `url`, comparing
+    /// IP addresses by value, so `http://[::1]:80` names `http://[::1]/`.
+    fn names_host_of(&self, url: &Url) -> bool {
+        let HostPattern::Exact(exact) = &self.host else {
+            return false;
+        };
+        let (Some(host), Ok(named)) = (url.host(), url::Host::parse(exact)) else {
+            return false;
+        };
+        named == host.to_owned()
+    }
+
+    /// Returns the origin of `value`, an absolute `http` or `https` URL such
+    /// as `https://api.example.com/v3`. Path, query and user info are
+    /// dropped.
+    pub fn of_url(value: &str) -> Result<Self, InvalidOrigin> {
+        let invalid = |reason| InvalidOrigin {
+            origin: value.to_string(),
+            reason,
+        };
+        let url = Url::parse(value).map_err(|_| invalid("not an absolute URL"))?;
+        let host = url.host_str().ok_or_else(|| invalid("missing host"))?;
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| invalid("scheme must be http or https"))?;
+        let origin = Self::parse(&format!("{}://{host}:{port}", url.scheme()))?;
+        if matches!(origin.host, HostPattern::Subdomains(_)) {
+            return Err(invalid("a URL names one host, not a wildcard"));
+        }
+        Ok(origin)
+    }
+}
+
 /// Returns whether `host` is a proper subdomain of `suffix`.
 fn is_subdomain(host: &str, suffix: &str) -> bool {
     host.strip_suffix(suffix)
@@ -230,17 +286,65 @@ fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-/// A grant with its origin patterns parsed, ready for checks on every call.
+/// A grant entry that the plugin did not request, so the policy ignores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IgnoredGrant {
+    /// A granted origin pattern that no requested origin covers.
+    HttpOrigin(String),
+    Secret(String),
+    KeyValue,
+    /// A granted configuration setting, by key.
+    Config(String),
+}
+
+impl IgnoredGrant {
+    /// Name of the capability, as in the `capabilities` record.
+    pub fn capability(&self) -> &'static str {
+        match self {
+            Self::HttpOrigin(_) => "http-origins",
+            Self::Secret(_) => "secrets",
+            Self::KeyValue => "key-value",
+            Self::Config(_) => "config",
+        }
+    }
+}
+
+/// Writes the entry as `capability value`, such as `secrets api-key`.
+impl fmt::Display for IgnoredGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HttpOrigin(value) | Self::Secret(value) | Self::Config(value) => {
+                write!(f, "{} {value}", self.capability())
+            }
+            Self::KeyValue => f.write_str(self.capability()),
+        }
+    }
+}
+
+/// The effective policy of a plugin: the operator's grant narrowed to what
+/// the plugin requested, with origin patterns parsed for checks on every
+/// call.
 #[derive(Clone, Debug)]
 pub struct Policy {
+    /// The operator's grant as written, including entries the policy
+    /// ignores. Checks use the effective fields below, never this.
     pub grant: Grant,
     origins: Vec<OriginPattern>,
     secret_origins: BTreeMap<String, Vec<OriginPattern>>,
+    key_value: bool,
+    config: BTreeMap<String, String>,
+    ignored: Vec<IgnoredGrant>,
+    /// Requested origins that are invalid, with the reason, for the loader
+    /// to log.
+    invalid_requested: Vec<String>,
     quotas: Vec<CheckedRule>,
 }
 
 impl Policy {
-    /// Parses and checks `grant`.
+    /// Parses and checks `grant` and applies it as written, as though the
+    /// plugin had requested everything it names. This validates an
+    /// operator's configuration. A loaded plugin runs under
+    /// [`Policy::for_request`].
     ///
     /// # Errors
     ///
@@ -254,11 +358,78 @@ impl Policy {
         }
         let quotas = check_rules(&grant.quotas, &origins)?;
         Ok(Self {
+            key_value: grant.key_value,
+            config: grant.config.clone(),
             grant,
             origins,
             secret_origins,
+            ignored: Vec::new(),
+            invalid_requested: Vec::new(),
             quotas,
         })
+    }
+
+    /// Parses and checks `grant`, then keeps only what `requested` also
+    /// names:
+    ///
+    /// - A granted origin pattern is kept when a requested pattern covers
+    ///   it, so a granted `https://*.example.com` is dropped when the plugin
+    ///   requested only `https://api.example.com`. A requested `config:KEY`
+    ///   is the origin of the granted value of setting `KEY`. It matches
+    ///   nothing when `KEY` is not granted or its value is not an `http` or
+    ///   `https` URL.
+    /// - A secret is kept when requested by name.
+    /// - Key-value access is kept when requested.
+    /// - A setting is kept when its key is requested in `config`.
+    ///
+    /// Everything dropped is listed by [`Policy::ignored`]. Quota rules are
+    /// checked against all granted origins, as [`Policy::new`] checks them.
+    ///
+    /// # Errors
+    ///
+    /// The same as [`Policy::new`]. An invalid requested origin is not an
+    /// error: it covers nothing, and [`Policy::invalid_requested_origins`] lists
+    /// it.
+    pub fn for_request(grant: Grant, requested: &Capabilities) -> Result<Self, InvalidGrant> {
+        let mut policy = Self::new(grant)?;
+        let (requested_origins, invalid_requested) =
+            resolve_requested_origins(requested, &policy.config);
+        policy.invalid_requested = invalid_requested;
+        let mut ignored = Vec::new();
+
+        let mut origins = Vec::new();
+        for (written, pattern) in policy.grant.http_origins.iter().zip(&policy.origins) {
+            if requested_origins.iter().any(|r| r.covers(pattern)) {
+                origins.push(pattern.clone());
+            } else {
+                ignored.push(IgnoredGrant::HttpOrigin(written.clone()));
+            }
+        }
+        policy.origins = origins;
+
+        policy.secret_origins.retain(|name, _| {
+            let keep = requested.secrets.contains(name);
+            if !keep {
+                ignored.push(IgnoredGrant::Secret(name.clone()));
+            }
+            keep
+        });
+
+        if policy.key_value && !requested.key_value {
+            policy.key_value = false;
+            ignored.push(IgnoredGrant::KeyValue);
+        }
+
+        policy.config.retain(|key, _| {
+            let keep = requested.config.contains(key);
+            if !keep {
+                ignored.push(IgnoredGrant::Config(key.clone()));
+            }
+            keep
+        });
+
+        policy.ignored = ignored;
+        Ok(policy)
     }
 
     /// Creates a policy that grants nothing, with default limits.
@@ -267,8 +438,26 @@ impl Policy {
             grant: Grant::default(),
             origins: Vec::new(),
             secret_origins: BTreeMap::new(),
+            key_value: false,
+            config: BTreeMap::new(),
+            ignored: Vec::new(),
+            invalid_requested: Vec::new(),
             quotas: Vec::new(),
         }
+    }
+
+    /// Returns the grant entries this policy ignores because the plugin did
+    /// not request them, in grant order within each capability.
+    pub fn ignored(&self) -> &[IgnoredGrant] {
+        &self.ignored
+    }
+
+    /// Returns the requested origins that are invalid, each with the
+    /// reason: a pattern that does not parse, or a `config:KEY` whose
+    /// granted value is not an `http` or `https` URL. A `config:KEY` whose
+    /// setting is not granted is not listed.
+    pub fn invalid_requested_origins(&self) -> &[String] {
+        &self.invalid_requested
     }
 
     pub(crate) fn quota_rules(&self) -> &[CheckedRule] {
@@ -283,6 +472,12 @@ impl Policy {
         self.origins.iter().any(|origin| origin.permits(url))
     }
 
+    /// Returns whether an effective origin names the host of `url` exactly,
+    /// not through a wildcard.
+    pub fn names_host_of(&self, url: &Url) -> bool {
+        self.origins.iter().any(|origin| origin.names_host_of(url))
+    }
+
     /// Returns whether secret `name` may be sent to `url`.
     pub fn permits_secret(&self, name: &str, url: &Url) -> bool {
         self.secret_origins
@@ -290,9 +485,40 @@ impl Policy {
             .is_some_and(|origins| origins.iter().any(|origin| origin.permits(url)))
     }
 
-    pub fn config_value(&self, key: &str) -> Option<&str> {
-        self.grant.config.get(key).map(String::as_str)
+    pub fn permits_key_value(&self) -> bool {
+        self.key_value
     }
+
+    pub fn config_value(&self, key: &str) -> Option<&str> {
+        self.config.get(key).map(String::as_str)
+    }
+}
+
+/// Parses the requested origins, resolving each `config:KEY` through the
+/// granted `config`. Returns the patterns and, for each invalid entry, a
+/// message naming it and the reason.
+fn resolve_requested_origins(
+    requested: &Capabilities,
+    config: &BTreeMap<String, String>,
+) -> (Vec<OriginPattern>, Vec<String>) {
+    let mut patterns = Vec::new();
+    let mut invalid_requested = Vec::new();
+    for entry in &requested.http_origins {
+        let parsed = match entry.strip_prefix(CONFIG_ORIGIN_PREFIX) {
+            // A setting the operator left out gives no origin. That is the
+            // normal case of a plugin with a built-in default upstream.
+            Some(key) => match config.get(key) {
+                Some(value) => OriginPattern::of_url(value).map_err(|error| error.to_string()),
+                None => continue,
+            },
+            None => OriginPattern::parse(entry).map_err(|error| error.to_string()),
+        };
+        match parsed {
+            Ok(pattern) => patterns.push(pattern),
+            Err(reason) => invalid_requested.push(format!("{entry}: {reason}")),
+        }
+    }
+    (patterns, invalid_requested)
 }
 
 fn parse_origins(origins: &[String]) -> Result<Vec<OriginPattern>, InvalidOrigin> {
@@ -430,6 +656,181 @@ mod tests {
             let pattern = OriginPattern::parse(origin).unwrap();
             assert_eq!(pattern.to_string(), expected, "{origin}");
         }
+    }
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    fn requesting(origins: &[&str]) -> Capabilities {
+        Capabilities {
+            http_origins: origins.iter().map(|origin| origin.to_string()).collect(),
+            ..Capabilities::default()
+        }
+    }
+
+    fn granting(origins: &[&str]) -> Grant {
+        Grant {
+            http_origins: origins.iter().map(|origin| origin.to_string()).collect(),
+            ..Grant::default()
+        }
+    }
+
+    #[test]
+    fn origin_covers() {
+        let cases = [
+            ("https://a.test", "https://a.test:443", true),
+            ("https://a.test", "https://b.test", false),
+            ("https://a.test", "http://a.test", false),
+            ("https://a.test", "https://*.a.test", false),
+            ("https://*.test", "https://a.test", true),
+            ("https://*.test", "https://a.b.test", true),
+            ("https://*.test", "https://*.b.test", true),
+            ("https://*.test", "https://*.test", true),
+            ("https://*.test", "https://test", false),
+            ("https://*.test", "https://a.test:8443", false),
+            ("https://*.b.test", "https://*.test", false),
+        ];
+        for (outer, inner, expected) in cases {
+            let outer_pattern = OriginPattern::parse(outer).unwrap();
+            let inner_pattern = OriginPattern::parse(inner).unwrap();
+            assert_eq!(
+                outer_pattern.covers(&inner_pattern),
+                expected,
+                "{outer} covers {inner}"
+            );
+        }
+    }
+
+    #[test]
+    fn granted_origins_narrowed_to_request() {
+        let requested = requesting(&["https://api.example.com", "https://*.b.test"]);
+        let grant = granting(&[
+            "https://*.example.com",
+            "https://api.example.com",
+            "https://x.b.test",
+            "https://*.c.b.test",
+            "https://other.test",
+        ]);
+        let policy = Policy::for_request(grant, &requested).unwrap();
+
+        assert!(policy.permits_url(&url("https://api.example.com/v1")));
+        assert!(policy.permits_url(&url("https://x.b.test/")));
+        assert!(policy.permits_url(&url("https://y.c.b.test/")));
+        assert!(!policy.permits_url(&url("https://www.example.com/")));
+        assert!(!policy.permits_url(&url("https://y.b.test/")));
+        assert!(!policy.permits_url(&url("https://other.test/")));
+        assert_eq!(
+            policy.ignored(),
+            [
+                IgnoredGrant::HttpOrigin("https://*.example.com".into()),
+                IgnoredGrant::HttpOrigin("https://other.test".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn config_origin_is_origin_of_granted_setting() {
+        let requested = Capabilities {
+            http_origins: vec!["config:base_url".into()],
+            config: vec!["base_url".into()],
+            ..Capabilities::default()
+        };
+        let mut grant = granting(&["http://127.0.0.1:8080", "http://127.0.0.1:8081"]);
+        grant
+            .config
+            .insert("base_url".into(), "http://127.0.0.1:8080/api/v3?x=1".into());
+        let policy = Policy::for_request(grant.clone(), &requested).unwrap();
+        assert!(policy.permits_url(&url("http://127.0.0.1:8080/api/v3/files/x")));
+        assert!(!policy.permits_url(&url("http://127.0.0.1:8081/")));
+        assert_eq!(
+            policy.ignored(),
+            [IgnoredGrant::HttpOrigin("http://127.0.0.1:8081".into())]
+        );
+        assert!(policy.invalid_requested_origins().is_empty());
+
+        // Without the setting, `config:base_url` matches no origin.
+        grant.config.clear();
+        let policy = Policy::for_request(grant, &requested).unwrap();
+        assert!(!policy.permits_url(&url("http://127.0.0.1:8080/")));
+        assert!(policy.invalid_requested_origins().is_empty());
+    }
+
+    #[test]
+    fn config_origin_rejects_invalid_values() {
+        let requested = requesting(&["config:base_url"]);
+        for value in ["ftp://a.test", "not a url", "https://*.a.test"] {
+            let mut grant = granting(&["https://*.a.test"]);
+            grant.config.insert("base_url".into(), value.into());
+            let policy = Policy::for_request(grant, &requested).unwrap();
+            assert!(
+                !policy.permits_url(&url("https://x.a.test/")),
+                "{value} admitted a URL"
+            );
+            assert_eq!(
+                policy.invalid_requested_origins().len(),
+                1,
+                "{value} was not reported as invalid"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_key_value_and_config_need_request() {
+        let requested = Capabilities {
+            http_origins: vec!["https://a.test".into()],
+            secrets: vec!["requested".into()],
+            key_value: false,
+            config: vec!["shown".into()],
+        };
+        let grant = Grant {
+            http_origins: vec!["https://a.test".into()],
+            secrets: ["requested", "unrequested"]
+                .into_iter()
+                .map(|name| SecretGrant {
+                    name: name.into(),
+                    origins: vec!["https://a.test".into()],
+                })
+                .collect(),
+            key_value: true,
+            config: [("shown", "1"), ("hidden", "2")]
+                .into_iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
+            ..Grant::default()
+        };
+        let policy = Policy::for_request(grant, &requested).unwrap();
+        let target = url("https://a.test/");
+
+        assert!(policy.permits_secret("requested", &target));
+        assert!(!policy.permits_secret("unrequested", &target));
+        assert!(!policy.permits_key_value());
+        assert_eq!(policy.config_value("shown"), Some("1"));
+        assert_eq!(policy.config_value("hidden"), None);
+        assert_eq!(
+            policy.ignored(),
+            [
+                IgnoredGrant::Secret("unrequested".into()),
+                IgnoredGrant::KeyValue,
+                IgnoredGrant::Config("hidden".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn requested_but_not_granted_is_denied() {
+        let requested = Capabilities {
+            http_origins: vec!["https://a.test".into()],
+            secrets: vec!["key".into()],
+            key_value: true,
+            config: vec!["base_url".into()],
+        };
+        let policy = Policy::for_request(Grant::default(), &requested).unwrap();
+        assert!(!policy.permits_url(&url("https://a.test/")));
+        assert!(!policy.permits_secret("key", &url("https://a.test/")));
+        assert!(!policy.permits_key_value());
+        assert_eq!(policy.config_value("base_url"), None);
+        assert!(policy.ignored().is_empty());
     }
 
     #[test]

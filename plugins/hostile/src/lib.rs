@@ -17,20 +17,28 @@
 //! | `read-env` | returns `std::env::vars()` and `std::env::args()` |
 //! | `connect` | opens a WASI TCP connection to `input.address` |
 //! | `kv-write` | writes a key to the key-value namespace |
+//! | `read-config` | reads setting `input.key` |
 //!
-//! The probing actions (`fetch` to `kv-write`) report what they got as
+//! The probing actions (`fetch` to `read-config`) report what they got as
 //! output, so a test can check that the host denied it: `fetch` returns the
 //! response or the `http-error`, `read-file`, `read-env` and `connect` return
 //! what WASI gave them, and `kv-write` fails with `denied` when the host
-//! denies the write. A `fetch` error carries `retry_after_ms` when the host
-//! rate-limited the request. `fetch` requests its secret in the `x-palisade-secret`
-//! header. `describe` requests no capability at all.
+//! denies the write, and `read-config` returns the setting's value or null.
+//! A `fetch` error carries `retry_after_ms` when the host rate-limited the
+//! request. `fetch` requests its secret in the `x-palisade-secret` header.
+//!
+//! `describe` requests the origins of settings `target_origin` and
+//! `second_origin` (as `config:KEY`), so a test chooses them at run time,
+//! secrets `granted-token` and `ungranted-token`, key-value access, and the
+//! settings `target_origin`, `second_origin` and `visible`. It requests no
+//! other origin, secret or setting, so a test can grant one and check that
+//! the host ignores it.
 
 use palisade_sdk::http::{HttpError, Request, header_value};
 use palisade_sdk::kv::KvError;
 use palisade_sdk::{
-    ActionInfo, Capabilities, Plugin, PluginError, PluginInfo, Value, action, clock, json, kv, log,
-    require_str,
+    ActionInfo, Capabilities, Plugin, PluginError, PluginInfo, Value, action, clock, config, json,
+    kv, log, require_str,
 };
 
 /// Header in which `fetch` requests the host to place a secret.
@@ -49,10 +57,17 @@ impl Plugin for Hostile {
             description: "Test fixture whose every action misbehaves in one way.".to_string(),
             actions: actions(),
             capabilities: Capabilities {
-                http_origins: Vec::new(),
-                secrets: Vec::new(),
-                key_value: false,
-                config: Vec::new(),
+                http_origins: vec![
+                    "config:target_origin".to_string(),
+                    "config:second_origin".to_string(),
+                ],
+                secrets: vec!["granted-token".to_string(), "ungranted-token".to_string()],
+                key_value: true,
+                config: vec![
+                    "target_origin".to_string(),
+                    "second_origin".to_string(),
+                    "visible".to_string(),
+                ],
             },
         }
     }
@@ -72,6 +87,7 @@ impl Plugin for Hostile {
             "read-env" => Ok(read_env()),
             "connect" => connect(&input),
             "kv-write" => kv_write(),
+            "read-config" => read_config(&input),
             other => Err(PluginError::UnknownAction(other.to_string())),
         }
     }
@@ -149,6 +165,11 @@ fn actions() -> Vec<ActionInfo> {
             with("address", "string"),
         ),
         ("kv-write", "Writes a key to the key-value namespace.", none),
+        (
+            "read-config",
+            "Returns the value of setting `key`, or null.",
+            with("key", "string"),
+        ),
     ];
     entries
         .into_iter()
@@ -289,6 +310,11 @@ fn kv_write() -> Result<Value, PluginError> {
         )),
         Err(other) => Err(PluginError::Internal(format!("key-value: {other:?}"))),
     }
+}
+
+fn read_config(input: &Value) -> Result<Value, PluginError> {
+    let key = require_str(input, "key")?;
+    Ok(json!({ "value": config::get(key) }))
 }
 
 palisade_sdk::export_plugin!(Hostile);

@@ -21,6 +21,9 @@ use palisade_sdk::{
 use crate::client::{API_KEY_SECRET, DEFAULT_BASE_URL, fetch_report};
 use crate::target::Target;
 
+/// Setting that overrides the API base URL.
+const BASE_URL_SETTING: &str = "base_url";
+
 struct VirusTotal;
 
 impl Plugin for VirusTotal {
@@ -67,10 +70,15 @@ impl Plugin for VirusTotal {
                 ),
             ],
             capabilities: Capabilities {
-                http_origins: vec![DEFAULT_BASE_URL.to_string()],
+                // `config:base_url` requests the origin of the operator's
+                // `base_url` setting, such as a proxy or a test replay.
+                http_origins: vec![
+                    DEFAULT_BASE_URL.to_string(),
+                    format!("config:{BASE_URL_SETTING}"),
+                ],
                 secrets: vec![API_KEY_SECRET.to_string()],
                 key_value: false,
-                config: vec!["base_url".to_string()],
+                config: vec![BASE_URL_SETTING.to_string()],
             },
         }
     }
@@ -97,7 +105,7 @@ impl Plugin for VirusTotal {
 palisade_sdk::export_plugin!(VirusTotal);
 
 fn configured_base_url() -> Result<String, PluginError> {
-    client::base_url(palisade_sdk::config::get("base_url").as_deref())
+    client::base_url(palisade_sdk::config::get(BASE_URL_SETTING).as_deref())
 }
 
 /// Returns the input field of a single-report action.
@@ -197,12 +205,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn describe_requests_only_virustotal() {
+    fn describe_requests_virustotal_and_base_url() {
         let info = VirusTotal::describe();
         assert_eq!(info.name, "virustotal");
         assert_eq!(
             info.capabilities.http_origins,
-            vec!["https://www.virustotal.com"]
+            vec!["https://www.virustotal.com", "config:base_url"]
         );
         assert_eq!(info.capabilities.secrets, vec!["virustotal-api-key"]);
         assert_eq!(info.capabilities.config, vec!["base_url"]);
