@@ -348,6 +348,7 @@ async fn quota_bench_host(
         SecretConfig {
             env: None,
             file: Some(key_file),
+            stored: false,
         },
     );
     bench_config.plugins.insert("virustotal".into(), grant);

@@ -4,21 +4,29 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use palisade_runtime::{Grant, Policy, SecretSource, SecretValue};
+use palisade_store::Store;
 use serde::Deserialize;
+
+use crate::secrets::{MasterKey, StoredSecrets};
 
 /// Default address of `palisade serve`: loopback only, so a fresh install is
 /// not reachable from the network.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 
-/// Source of a secret's value: an environment variable or a file
-/// (whose content, trimmed, is the value). Exactly one must be set.
+/// Source of a secret's value: an environment variable, a file (whose
+/// content, trimmed, is the value), or the database, encrypted with the
+/// secret key (`stored = true`). Exactly one must be set.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretConfig {
     pub env: Option<String>,
     pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub stored: bool,
 }
 
 /// The whole configuration file. Relative paths are relative to the file.
@@ -37,6 +45,10 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// File that contains the key of the stored secrets as 64 hexadecimal
+    /// digits. The `PALISADE_SECRET_KEY` environment variable is the
+    /// alternative, and setting both is an error.
+    pub secret_key_file: Option<PathBuf>,
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretConfig>,
     /// Grants by plugin name. A plugin with no entry is granted nothing.
@@ -69,6 +81,7 @@ impl Default for Config {
             playbooks_dir: default_playbooks_dir(),
             cache_dir: None,
             listen: default_listen(),
+            secret_key_file: None,
             secrets: BTreeMap::new(),
             plugins: BTreeMap::new(),
         }
@@ -91,9 +104,10 @@ impl Config {
             })?;
         }
         for (name, secret) in &config.secrets {
-            if secret.env.is_some() == secret.file.is_some() {
+            let sources = [secret.env.is_some(), secret.file.is_some(), secret.stored];
+            if sources.into_iter().filter(|&set| set).count() != 1 {
                 anyhow::bail!(
-                    "secret {name:?} in {} must set exactly one of `env` or `file`",
+                    "secret {name:?} in {} must set exactly one of `env`, `file` or `stored = true`",
                     path.display()
                 );
             }
@@ -101,12 +115,18 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let secret_files = config.secrets.values_mut().filter_map(|s| s.file.as_mut());
         let cache_dir = config.cache_dir.as_mut();
+        let key_file = config.secret_key_file.as_mut();
         let dirs = [
             &mut config.data_dir,
             &mut config.plugins_dir,
             &mut config.playbooks_dir,
         ];
-        for path in dirs.into_iter().chain(cache_dir).chain(secret_files) {
+        for path in dirs
+            .into_iter()
+            .chain(cache_dir)
+            .chain(key_file)
+            .chain(secret_files)
+        {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
@@ -125,18 +145,46 @@ impl Config {
     pub fn grant(&self, name: &str) -> Grant {
         self.plugins.get(name).cloned().unwrap_or_default()
     }
+
+    /// Returns whether secret `name` is configured with `stored = true`.
+    pub fn is_stored_secret(&self, name: &str) -> bool {
+        self.secrets.get(name).is_some_and(|secret| secret.stored)
+    }
+
+    /// Loads the secret key when a secret is `stored = true`, and fails
+    /// with the fix when the key is missing or malformed. Returns `None`
+    /// when no secret is stored.
+    pub fn stored_secrets_key(&self) -> anyhow::Result<Option<MasterKey>> {
+        let stored_names: Vec<&str> = self
+            .secrets
+            .iter()
+            .filter(|(_, secret)| secret.stored)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if stored_names.is_empty() {
+            return Ok(None);
+        }
+        let key = MasterKey::require(self.secret_key_file.as_deref())
+            .with_context(|| format!("stored secrets {stored_names:?} need the secret key"))?;
+        Ok(Some(key))
+    }
 }
 
-/// Secrets read, at each use, from the environment variables and files
-/// named in the configuration. Values are never stored by Palisade.
+/// Secrets read at each use from the sources the configuration names:
+/// environment variables and files, which Palisade never copies, and
+/// encrypted records in the database.
 pub struct ConfiguredSecrets {
     sources: BTreeMap<String, SecretConfig>,
+    stored: Option<StoredSecrets>,
 }
 
 impl ConfiguredSecrets {
-    pub fn new(secrets: &BTreeMap<String, SecretConfig>) -> Self {
+    /// Builds the sources of `config`. `key` decrypts the stored secrets
+    /// in `store`; it comes from [`Config::stored_secrets_key`].
+    pub fn new(config: &Config, key: Option<MasterKey>, store: Arc<dyn Store>) -> Self {
         Self {
-            sources: secrets.clone(),
+            sources: config.secrets.clone(),
+            stored: key.map(|key| StoredSecrets::new(key, store)),
         }
     }
 }
@@ -144,6 +192,9 @@ impl ConfiguredSecrets {
 impl SecretSource for ConfiguredSecrets {
     fn secret(&self, name: &str) -> Option<SecretValue> {
         let source = self.sources.get(name)?;
+        if source.stored {
+            return self.stored.as_ref()?.secret(name);
+        }
         let value = match (&source.env, &source.file) {
             (Some(variable), None) => std::env::var(variable).ok()?,
             (None, Some(file)) => std::fs::read_to_string(file).ok()?.trim().to_string(),
@@ -220,6 +271,30 @@ mod tests {
         assert_eq!(grant.quotas[0].daily, Some(500));
         assert_eq!(grant.quotas[0].on_exceed, palisade_runtime::OnExceed::Wait);
         assert!(Policy::new(grant).is_ok());
+    }
+
+    #[test]
+    fn secret_needs_exactly_one_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("palisade.toml");
+        for source in [
+            "",
+            "stored = false",
+            "env = \"A\"\nstored = true",
+            "env = \"A\"\nfile = \"b\"",
+        ] {
+            std::fs::write(&path, format!("[secrets.vt]\n{source}\n")).unwrap();
+            let error = format!("{:#}", Config::load(Some(&path)).unwrap_err());
+            assert!(error.contains("exactly one of"), "{source}: {error}");
+        }
+        std::fs::write(
+            &path,
+            "secret_key_file = \"key\"\n[secrets.vt]\nstored = true\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert!(config.is_stored_secret("vt"));
+        assert_eq!(config.secret_key_file, Some(dir.path().join("key")));
     }
 
     #[test]

@@ -111,14 +111,18 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<SledStore>> {
 /// engine. `playbooks` overrides the configured playbooks directory and may
 /// name one file.
 pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<Host> {
+    // The key is checked before the database is opened, so a missing key
+    // fails at once and leaves the database unlocked.
+    let secret_key = config.stored_secrets_key()?;
     let store = open_store(config)?;
     let kv: Arc<dyn KeyValueStore> = Arc::new(StoreKeyValue(store.clone()));
+    let secrets = ConfiguredSecrets::new(config, secret_key, store.clone());
     let runtime = Runtime::new(
         RuntimeConfig {
             cache_dir: Some(config.cache_dir()),
         },
         Some(kv),
-        Some(Arc::new(ConfiguredSecrets::new(&config.secrets))),
+        Some(Arc::new(secrets)),
     )?;
     if !config.plugins_dir.is_dir() {
         anyhow::bail!(

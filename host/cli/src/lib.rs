@@ -6,8 +6,10 @@ pub mod bench;
 pub mod config;
 pub mod host;
 mod output;
+pub mod secrets;
 pub mod server;
 
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,6 +21,7 @@ use palisade_store::Store;
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::secrets::MasterKey;
 
 /// Palisade: a SOAR host that runs every playbook step as a sandboxed
 /// WebAssembly component.
@@ -110,8 +113,28 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Manage the secrets stored encrypted in the database.
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
     /// Measure per-step overhead against a bare wasmtime instantiate and call.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Encrypt the value read from standard input and store it as secret
+    /// NAME, replacing an earlier value. Surrounding whitespace is removed.
+    /// Needs the secret key (`PALISADE_SECRET_KEY` or `secret_key_file`).
+    Set { name: String },
+    /// List the names of the stored secrets (never their values).
+    List,
+    /// Delete stored secret NAME.
+    Delete { name: String },
+    /// Print a new random secret key (64 hexadecimal digits) to standard
+    /// output, for `PALISADE_SECRET_KEY` or `secret_key_file`.
+    GenerateKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,8 +177,75 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             host.store.flush()?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Secret { command } => secret_command(&config, command),
         Command::Bench(args) => bench::run(&config, args).await,
     }
+}
+
+fn secret_command(config: &Config, command: SecretCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        SecretCommand::Set { name } => {
+            secrets::validate_name(&name)?;
+            let key = MasterKey::require(config.secret_key_file.as_deref())?;
+            let value = read_secret_value()?;
+            let record = key.encrypt(&name, value.as_bytes())?;
+            let store = host::open_store(config)?;
+            store.put_secret(&name, &record)?;
+            store.flush()?;
+            eprintln!("stored secret {name:?}");
+            if !config.is_stored_secret(&name) {
+                eprintln!(
+                    "note: the configuration has no `[secrets.{name}]` with `stored = true`, so no plugin can use this secret yet"
+                );
+            }
+        }
+        SecretCommand::List => {
+            let store = host::open_store(config)?;
+            for name in store.secret_names()? {
+                println!("{name}");
+            }
+        }
+        SecretCommand::Delete { name } => {
+            let store = host::open_store(config)?;
+            if !store.delete_secret(&name)? {
+                anyhow::bail!(
+                    "secret {name:?} is not stored; `palisade secret list` shows the stored ones"
+                );
+            }
+            store.flush()?;
+            eprintln!("deleted secret {name:?}");
+        }
+        SecretCommand::GenerateKey => println!("{}", MasterKey::generate()?.to_hex()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a secret's value from standard input, so it never appears in the
+/// process list or shell history as an argument would.
+fn read_secret_value() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("type the secret value, then press Ctrl-D on a new line");
+    }
+    let mut bytes = Vec::new();
+    stdin
+        .lock()
+        .take(secrets::MAX_VALUE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .context("cannot read the secret value from standard input")?;
+    if bytes.len() > secrets::MAX_VALUE_BYTES {
+        anyhow::bail!(
+            "the secret value is over {} bytes",
+            secrets::MAX_VALUE_BYTES
+        );
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("the secret value on standard input is not valid UTF-8"))?;
+    let value = text.trim();
+    if value.is_empty() {
+        anyhow::bail!("the secret value on standard input is empty");
+    }
+    Ok(value.to_string())
 }
 
 async fn shutdown_signal() {

@@ -1,9 +1,9 @@
-//! Durable storage of Palisade: alerts, cases, runs and the plugins'
-//! key-value namespaces.
+//! Durable storage of Palisade: alerts, cases, runs, the plugins'
+//! key-value namespaces and encrypted secrets.
 //!
 //! [`Store`] is the interface the rest of the host uses; [`SledStore`] is
-//! the embedded default. Every record is JSON, so a database can be read
-//! with any tool that opens sled. Writes that must happen together (an
+//! the embedded default. Every record except an encrypted secret is JSON, so
+//! a database can be read with any tool that opens sled. Writes that must happen together (an
 //! alert and the case it joins) run in one transaction.
 
 mod sled_store;
@@ -100,4 +100,17 @@ pub trait Store: Send + Sync {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, StoreError>;
+
+    /// Stores `record` under secret `name`, replacing an earlier record.
+    /// The record is opaque to the store: the caller encrypts the value
+    /// before and decrypts it after.
+    fn put_secret(&self, name: &str, record: &[u8]) -> Result<(), StoreError>;
+
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Removes secret `name` and returns whether it was stored.
+    fn delete_secret(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Returns the names of the stored secrets, sorted by their bytes.
+    fn secret_names(&self) -> Result<Vec<String>, StoreError>;
 }

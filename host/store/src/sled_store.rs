@@ -16,7 +16,9 @@
 //! - `run_steps`: run id, a zero byte and the step index (big-endian `u32`)
 //!   to the step record;
 //! - `counters`: sequence name to the last number handed out;
-//! - `kv`: plugin name, a zero byte, then the plugin's key, to the value.
+//! - `kv`: plugin name, a zero byte, then the plugin's key, to the value;
+//! - `secrets`: secret name to its encrypted record, which the store does
+//!   not read.
 
 use std::path::Path;
 
@@ -42,6 +44,7 @@ pub struct SledStore {
     run_steps: sled::Tree,
     kv: sled::Tree,
     counters: sled::Tree,
+    secrets: sled::Tree,
 }
 
 /// Key of the case counter in the `cases` tree. It sorts after every case
@@ -70,6 +73,7 @@ impl SledStore {
             run_steps: tree("run_steps")?,
             kv: tree("kv")?,
             counters: tree("counters")?,
+            secrets: tree("secrets")?,
             db,
         })
     }
@@ -532,6 +536,31 @@ impl Store for SledStore {
             })
             .collect()
     }
+
+    fn put_secret(&self, name: &str, record: &[u8]) -> Result<(), StoreError> {
+        self.secrets.insert(name, record).map_err(database)?;
+        Ok(())
+    }
+
+    fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .secrets
+            .get(name)
+            .map_err(database)?
+            .map(|record| record.to_vec()))
+    }
+
+    fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.secrets.remove(name).map_err(database)?.is_some())
+    }
+
+    fn secret_names(&self) -> Result<Vec<String>, StoreError> {
+        self.secrets
+            .iter()
+            .keys()
+            .map(|key| Ok(String::from_utf8_lossy(&key.map_err(database)?).into_owned()))
+            .collect()
+    }
 }
 
 fn transaction_error(error: TransactionError<StoreError>) -> StoreError {
@@ -739,5 +768,21 @@ mod tests {
         );
         store.kv_delete("a", "ind:ipv4:1.2.3.4").unwrap();
         assert!(store.kv_list("a", "", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn secrets_are_kept_apart_from_kv() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.put_secret("b-key", b"\x00\x01record").unwrap();
+        store.put_secret("a-key", b"first").unwrap();
+        store.put_secret("a-key", b"second").unwrap();
+        assert_eq!(store.secret("a-key").unwrap().unwrap(), b"second");
+        assert_eq!(store.secret_names().unwrap(), ["a-key", "b-key"]);
+        assert!(store.kv_list("a-key", "", 10).unwrap().is_empty());
+        assert!(store.delete_secret("a-key").unwrap());
+        assert!(!store.delete_secret("a-key").unwrap());
+        assert!(store.secret("a-key").unwrap().is_none());
+        assert_eq!(store.secret_names().unwrap(), ["b-key"]);
     }
 }
