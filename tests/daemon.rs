@@ -214,3 +214,120 @@ fn unreadable_alert_file_names_the_path() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/alerts.json"), "{stderr}");
 }
+
+/// A playbook whose steps each call one misbehaving action of the hostile
+/// fixture, then a well-behaved plugin.
+const ZOO_PLAYBOOK: &str = r#"
+name: zoo
+trigger: { source: wazuh }
+steps:
+  - { id: spin, uses: hostile.spin, on_error: continue }
+  - { id: allocate, uses: hostile.allocate, on_error: continue }
+  - { id: recurse, uses: hostile.recurse, on_error: continue }
+  - { id: panic, uses: hostile.panic, on_error: continue }
+  - { id: huge_output, uses: hostile.huge-output, with: { bytes: 200000 }, on_error: continue }
+  - { id: log_flood, uses: hostile.log-flood, with: { lines: 1000 }, on_error: continue }
+  - { id: echo, uses: noop.echo, with: { rule: "{{ alert.rule.id }}" } }
+"#;
+
+#[tokio::test]
+async fn misbehaving_steps_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    let playbooks = dir.path().join("playbooks");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::create_dir_all(&playbooks).unwrap();
+    std::fs::copy(support::hostile_plugin(), plugins.join("hostile.wasm")).unwrap();
+    std::fs::copy(
+        support::plugins_dir().join("noop.wasm"),
+        plugins.join("noop.wasm"),
+    )
+    .unwrap();
+    std::fs::write(playbooks.join("zoo.yaml"), ZOO_PLAYBOOK).unwrap();
+    let config = dir.path().join("palisade.toml");
+    let text = format!(
+        r#"data_dir = "{data}"
+cache_dir = "{cache}"
+plugins_dir = "{plugins}"
+playbooks_dir = "{playbooks}"
+
+[plugins.hostile]
+limits = {{ cpu_ms = 300, wall_ms = 3000, memory_bytes = 33554432, output_bytes = 65536, log_bytes = 4096 }}
+"#,
+        data = dir.path().join("data").display(),
+        cache = support::cache_dir().display(),
+        plugins = plugins.display(),
+        playbooks = playbooks.display(),
+    );
+    std::fs::write(&config, text).unwrap();
+
+    let daemon = Daemon::start(&config);
+    let (status, _) = daemon.post_alerts(wazuh_samples()).await;
+    assert_eq!(status, 202);
+    let runs = daemon.wait_for_runs(5).await;
+    assert_eq!(runs.len(), 5);
+    let expected = [
+        ("spin", "failed", Some("cpu_time_limit")),
+        ("allocate", "failed", Some("memory_limit")),
+        ("recurse", "failed", Some("stack_overflow")),
+        ("panic", "failed", Some("trap")),
+        ("huge_output", "failed", Some("output_too_large")),
+        ("log_flood", "succeeded", None),
+        ("echo", "succeeded", None),
+    ];
+    for run in &runs {
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let steps = run["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), expected.len());
+        for (step, (id, status, kind)) in steps.iter().zip(expected) {
+            assert_eq!(step["id"], id);
+            assert_eq!(step["status"], status, "step {id}: {step}");
+            match kind {
+                Some(kind) => assert_eq!(step["error"]["kind"], kind, "step {id}"),
+                None => assert!(step["error"].is_null(), "step {id}: {step}"),
+            }
+        }
+        let echo = &steps[6]["output"]["rule"];
+        assert!(
+            echo.is_string(),
+            "the well-behaved step got its input: {echo}"
+        );
+    }
+    assert_eq!(daemon.get("/v1/health").await["status"], "ok");
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn secret_stays_out_of_trace_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let replay = start_virustotal_replay().await;
+    let config = write_config(dir.path(), Some(&replay.origin()));
+    let log = dir.path().join("daemon.log");
+
+    let daemon = Daemon::start_tracing(&config, &log);
+    let (status, _) = daemon.post_alerts(wazuh_samples()).await;
+    assert_eq!(status, 202);
+    daemon.wait_for_runs(5).await;
+    let runs = daemon.get("/v1/runs").await.to_string();
+    let cases = daemon.get("/v1/cases").await.to_string();
+    daemon.stop();
+
+    let keys = replay.log.lock().unwrap().api_keys.clone();
+    assert!(!keys.is_empty(), "the key was sent");
+    assert!(keys.iter().all(|key| key == support::TEST_API_KEY));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.len() > 1000,
+        "trace logging was on: {} bytes",
+        logged.len()
+    );
+    assert!(
+        !logged.contains(support::TEST_API_KEY),
+        "secret in the daemon log"
+    );
+    assert!(
+        !runs.contains(support::TEST_API_KEY),
+        "secret in a run record"
+    );
+    assert!(!cases.contains(support::TEST_API_KEY), "secret in a case");
+}

@@ -14,14 +14,28 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        Self::spawn(config, Stdio::inherit(), None)
+    }
+
+    /// Starts the daemon with `RUST_LOG=trace`, its standard error written
+    /// to `log`.
+    pub fn start_tracing(config: &Path, log: &Path) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        Self::spawn(config, Stdio::from(file), Some("trace"))
+    }
+
+    fn spawn(config: &Path, stderr: Stdio, log_level: Option<&str>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        command
             .arg("--config")
             .arg(config)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+            .stderr(stderr);
+        if let Some(level) = log_level {
+            command.env("RUST_LOG", level);
+        }
+        let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();

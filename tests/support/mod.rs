@@ -220,3 +220,26 @@ pub fn shared_data(name: &str) -> Option<PathBuf> {
     let path = repo_root().join("../shared/data").join(name);
     path.is_file().then_some(path)
 }
+
+/// Builds the hostile plugin fixture (its own cargo workspace, kept out of
+/// `plugins/` so it is never loaded by accident) once per test binary and
+/// returns the path of `hostile.wasm`.
+pub fn hostile_plugin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-plugins");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--manifest-path"])
+                .arg(repo_root().join("plugins/hostile/Cargo.toml"))
+                .args(["--target", "wasm32-wasip2", "--release", "--quiet"])
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the hostile fixture failed");
+            target_dir.join("wasm32-wasip2/release/hostile.wasm")
+        })
+        .clone()
+}
