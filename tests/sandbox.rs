@@ -308,6 +308,10 @@ struct SeenRequest {
 struct Seen {
     connections: usize,
     requests: Vec<SeenRequest>,
+    /// Requests read whose handling has not finished yet.
+    in_flight: usize,
+    /// Maximum of `in_flight` since the server started.
+    max_in_flight: usize,
 }
 
 /// A plain HTTP/1.1 server on 127.0.0.1 that records every connection and
@@ -349,6 +353,13 @@ impl CountingServer {
     fn requests(&self) -> Vec<SeenRequest> {
         self.seen.lock().unwrap().requests.clone()
     }
+
+    /// Returns the most requests the server has handled at once. A request
+    /// counts from when its head is read until its response is written, or
+    /// until the client closes the connection in [`ServerMode::Hang`].
+    fn max_in_flight(&self) -> usize {
+        self.seen.lock().unwrap().max_in_flight
+    }
 }
 
 fn serve(mut stream: TcpStream, mode: ServerMode, seen: &Mutex<Seen>) {
@@ -356,7 +367,17 @@ fn serve(mut stream: TcpStream, mode: ServerMode, seen: &Mutex<Seen>) {
     let Some(request) = read_request_head(&mut stream) else {
         return;
     };
-    seen.lock().unwrap().requests.push(request.clone());
+    {
+        let mut seen = seen.lock().unwrap();
+        seen.requests.push(request.clone());
+        seen.in_flight += 1;
+        seen.max_in_flight = seen.max_in_flight.max(seen.in_flight);
+    }
+    respond(&mut stream, mode, &request);
+    seen.lock().unwrap().in_flight -= 1;
+}
+
+fn respond(stream: &mut TcpStream, mode: ServerMode, request: &SeenRequest) {
     match mode {
         ServerMode::Respond | ServerMode::Delayed => {
             if matches!(mode, ServerMode::Delayed) {
@@ -726,6 +747,137 @@ async fn waiting_for_http_is_not_cpu_time() {
         .await;
     assert_eq!(output["status"], 200, "{output}");
     assert_eq!(server.requests().len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Concurrent-call limit.
+
+/// Calls of each kind the concurrency test starts at once.
+const CONCURRENT_EACH: usize = 6;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_limit_holds() {
+    let server = CountingServer::start(ServerMode::Delayed);
+    let mut grant = grant_origins(&[&server.origin()]);
+    grant.limits.concurrent_calls = 2;
+    // Twelve calls two at a time, six of them waiting RESPONSE_DELAY for
+    // their response: the last call waits about 6 s for its slot.
+    grant.limits.wall_ms = 30_000;
+    let sandbox = Sandbox::start(grant).await;
+
+    let url = format!("{}/slow", server.origin());
+    let mut fetches = Vec::new();
+    let mut spins = Vec::new();
+    for _ in 0..CONCURRENT_EACH {
+        let runtime = sandbox.runtime.clone();
+        let input = json!({ "url": url });
+        fetches.push(tokio::spawn(async move {
+            call(&runtime, "hostile", "fetch", input).await
+        }));
+        let runtime = sandbox.runtime.clone();
+        spins.push(tokio::spawn(async move {
+            call(&runtime, "hostile", "spin", json!({})).await
+        }));
+    }
+
+    for task in fetches {
+        match task.await.unwrap() {
+            Ok(output) => assert_eq!(output.output["status"], 200, "{}", output.output),
+            Err(failure) => panic!("fetch failed: {}", failure.error),
+        }
+    }
+    for task in spins {
+        let failure = task.await.unwrap().expect_err("spin succeeded");
+        assert_eq!(failure.error.kind(), "cpu_time_limit", "{}", failure.error);
+    }
+    assert_eq!(server.requests().len(), CONCURRENT_EACH);
+    assert!(
+        server.max_in_flight() <= 2,
+        "the server saw {} requests at once under a limit of 2 calls",
+        server.max_in_flight()
+    );
+    // Two requests overlap for most of RESPONSE_DELAY, so a server that
+    // never saw two at once means the calls ran one by one.
+    assert_eq!(server.max_in_flight(), 2, "no two calls ran at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_for_a_call_slot_counts_as_wall_time() {
+    const WALL_MS: u64 = 1_000;
+    let server = CountingServer::start(ServerMode::Hang);
+    let mut grant = grant_origins(&[&server.origin()]);
+    grant.limits.concurrent_calls = 1;
+    grant.limits.wall_ms = WALL_MS;
+    grant.limits.http_timeout_ms = 60_000;
+    let sandbox = Sandbox::start(grant).await;
+    let url = format!("{}/hang", server.origin());
+
+    let spawn_fetch = |runtime: Arc<Runtime>, url: String| {
+        tokio::spawn(async move {
+            let result = call(&runtime, "hostile", "fetch", json!({ "url": url })).await;
+            (result, Instant::now())
+        })
+    };
+    let holder = spawn_fetch(sandbox.runtime.clone(), url.clone());
+    // The holder has its slot once its request reaches the server.
+    for _ in 0..500 {
+        if !server.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "the first call never reached the server"
+    );
+    let waiter = spawn_fetch(sandbox.runtime.clone(), url);
+
+    let (holder_result, holder_ended) = holder.await.unwrap();
+    let (waiter_result, waiter_ended) = waiter.await.unwrap();
+    let holder_failure = holder_result.expect_err("a fetch that never gets a response succeeded");
+    let waiter_failure = waiter_result.expect_err("a fetch that never gets a response succeeded");
+    assert_eq!(
+        holder_failure.error.kind(),
+        "timeout",
+        "{}",
+        holder_failure.error
+    );
+    assert_eq!(
+        waiter_failure.error.kind(),
+        "timeout",
+        "{}",
+        waiter_failure.error
+    );
+    // Had the wait not counted, the waiter would have run a full WALL_MS
+    // after the holder released its slot.
+    let after_holder = waiter_ended.saturating_duration_since(holder_ended);
+    assert!(
+        after_holder < Duration::from_millis(WALL_MS),
+        "the waiting call ended {after_holder:?} after the holder"
+    );
+}
+
+#[tokio::test]
+async fn zero_concurrent_calls_fails_to_load() {
+    let runtime = Runtime::new(RuntimeConfig::default(), None, None).unwrap();
+    let mut grant = grant_origins(&[]);
+    grant.limits.concurrent_calls = 0;
+    let Err(error) = runtime.load(&components().hostile, |_| grant.clone()).await else {
+        panic!("a grant of 0 concurrent calls was accepted");
+    };
+    assert!(
+        matches!(&error, LoadError::Grant { plugin, .. } if plugin == "hostile"),
+        "{error}"
+    );
+    let source = std::error::Error::source(&error)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(
+        source.contains("limits.concurrent_calls"),
+        "the error does not name the field: {error}: {source}"
+    );
+    assert!(runtime.plugin("hostile").is_none());
 }
 
 #[tokio::test]

@@ -14,14 +14,26 @@
 //! count (stored in sled) and a concurrency limit, and none of them is ever
 //! reached. The difference is the cost of the quota checks on a real
 //! outbound request.
+//!
+//! The zoo part (`--zoo DIR`) times `noop.echo` alone and then while one
+//! task per hostile action (spin, allocate, recurse, huge-output and
+//! log-flood) calls that action again and again in the same runtime, under
+//! small limits. Every call, measured or hostile, runs in a tokio task on
+//! the worker threads, as calls of the daemon do.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clap::Args;
 use palisade_model::{RunRecord, RunStatus, StepRecord, StepStatus};
-use palisade_runtime::{CallContext, Grant, QuotaRule, RateRule, Runtime, RuntimeConfig};
+use palisade_runtime::{
+    CallContext, CallFailure, CallOutput, Grant, Limits, LoadedPlugin, QuotaRule, RateRule,
+    Runtime, RuntimeConfig,
+};
 use palisade_store::{SledStore, Store};
 use serde_json::json;
 
@@ -46,12 +58,19 @@ pub struct BenchArgs {
     /// quota rule; 0 skips that part.
     #[arg(long, default_value_t = 1_000)]
     pub quota_iterations: usize,
+    /// Directory containing `hostile.wasm`, directly or under
+    /// `wasm32-wasip2/release/`, such as `target/tmp/sandbox-plugins` after
+    /// `cargo test --test sandbox`. Adds the zoo part: `--iterations`
+    /// `noop.echo` calls timed alone and beside hostile calls.
+    #[arg(long, value_name = "DIR")]
+    pub zoo: Option<std::path::PathBuf>,
 }
 
 struct Summary {
     p50: Duration,
     p99: Duration,
     mean: Duration,
+    max: Duration,
 }
 
 fn summarise(mut samples: Vec<Duration>) -> Summary {
@@ -62,6 +81,7 @@ fn summarise(mut samples: Vec<Duration>) -> Summary {
         p50: at(0.50),
         p99: at(0.99),
         mean: total / samples.len() as u32,
+        max: samples[samples.len() - 1],
     }
 }
 
@@ -174,6 +194,9 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
         "ratio palisade/bare at p50: {:.2}",
         micros(palisade.p50) / micros(bare.p50)
     );
+    if let Some(zoo_dir) = &args.zoo {
+        zoo_latency(config, zoo_dir, args.iterations).await?;
+    }
     if args.quota_iterations > 0 {
         quota_overhead(config, args.quota_iterations, args.block).await?;
     }
@@ -429,5 +452,273 @@ async fn quota_overhead(config: &Config, iterations: usize, block: usize) -> any
         "quota cost per call at p50: {:.1} us",
         micros(quota.p50) - micros(plain.p50)
     );
+    Ok(())
+}
+
+/// Output limit of the hostile plugin in the zoo part, in bytes.
+const ZOO_OUTPUT_BYTES: usize = 64 << 10;
+/// Log limit of the hostile plugin in the zoo part, in bytes.
+const ZOO_LOG_BYTES: usize = 4 << 10;
+/// Lines each `log-flood` call writes: 100 KB, far over [`ZOO_LOG_BYTES`].
+const ZOO_LOG_LINES: u64 = 1_000;
+/// Upper bound on the calls of one zoo task, so a task ends even if the
+/// stop flag is never set.
+const ZOO_MAX_CALLS_PER_TASK: usize = 1_000_000;
+/// How long the zoo tasks may take to finish their first calls.
+const ZOO_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Outcome a zoo call ends with when the host works: an error kind, or
+/// [`LOGS_CAPPED`] for a successful call whose logs were cut at the limit.
+const LOGS_CAPPED: &str = "ok with logs capped";
+
+/// A hostile action the zoo calls, with its input and expected outcome.
+struct ZooAction {
+    action: &'static str,
+    input: serde_json::Value,
+    expected: &'static str,
+}
+
+fn zoo_actions() -> Vec<ZooAction> {
+    let action = |action, input, expected| ZooAction {
+        action,
+        input,
+        expected,
+    };
+    vec![
+        action("spin", json!({}), "cpu_time_limit"),
+        action("allocate", json!({}), "memory_limit"),
+        action("recurse", json!({}), "stack_overflow"),
+        action(
+            "huge-output",
+            json!({ "bytes": 4 * ZOO_OUTPUT_BYTES }),
+            "output_too_large",
+        ),
+        action("log-flood", json!({ "lines": ZOO_LOG_LINES }), LOGS_CAPPED),
+    ]
+}
+
+/// Returns the grant of the hostile plugin in the zoo part: nothing but
+/// small limits.
+fn zoo_grant() -> Grant {
+    Grant {
+        limits: Limits {
+            cpu_ms: 100,
+            wall_ms: 2_000,
+            memory_bytes: 16 << 20,
+            output_bytes: ZOO_OUTPUT_BYTES,
+            log_bytes: ZOO_LOG_BYTES,
+            ..Limits::default()
+        },
+        ..Grant::default()
+    }
+}
+
+/// Returns the outcome of a zoo call in the terms of [`ZooAction::expected`].
+fn zoo_outcome(result: &Result<CallOutput, CallFailure>) -> String {
+    match result {
+        Err(failure) => failure.error.kind().to_string(),
+        Ok(output) if output.report.logs_dropped > 0 => LOGS_CAPPED.to_string(),
+        Ok(_) => "ok".to_string(),
+    }
+}
+
+/// Calls and unexpected outcomes of one zoo task.
+struct ZooTally {
+    action: &'static str,
+    calls: usize,
+    /// Calls that ended other than expected.
+    unexpected: usize,
+    /// Outcome of the first such call.
+    first_unexpected: Option<String>,
+}
+
+/// Calls `zoo.action` again and again until `stop` is set, and counts
+/// `ready` up after the first call.
+async fn run_zoo_task(
+    runtime: Arc<Runtime>,
+    hostile: Arc<LoadedPlugin>,
+    zoo: ZooAction,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicUsize>,
+) -> ZooTally {
+    let mut tally = ZooTally {
+        action: zoo.action,
+        calls: 0,
+        unexpected: 0,
+        first_unexpected: None,
+    };
+    while !stop.load(Ordering::Relaxed) && tally.calls < ZOO_MAX_CALLS_PER_TASK {
+        let result = runtime
+            .invoke_loaded(&hostile, zoo.action, &zoo.input)
+            .await;
+        let outcome = zoo_outcome(&result);
+        if outcome != zoo.expected {
+            tally.unexpected += 1;
+            tally.first_unexpected.get_or_insert(outcome);
+        }
+        tally.calls += 1;
+        if tally.calls == 1 {
+            ready.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    tally
+}
+
+/// Times `iterations` sequential `noop.echo` calls in a task of their own.
+async fn time_echoes(
+    runtime: &Arc<Runtime>,
+    noop: &Arc<LoadedPlugin>,
+    iterations: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let runtime = runtime.clone();
+    let noop = noop.clone();
+    let task = tokio::spawn(async move {
+        let input = json!({ "alert": "benchmark" });
+        let mut samples = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let started = Instant::now();
+            let call = runtime
+                .invoke_loaded(&noop, "echo", &input)
+                .await
+                .map_err(|failure| anyhow::anyhow!("noop.echo failed: {}", failure.error))?;
+            samples.push(started.elapsed());
+            if call.output != input {
+                anyhow::bail!("noop.echo returned {} for {input}", call.output);
+            }
+        }
+        Ok(samples)
+    });
+    task.await?
+}
+
+/// Returns the path of `hostile.wasm` in `dir` or in the Cargo output
+/// directory under it.
+fn find_hostile(dir: &Path) -> anyhow::Result<PathBuf> {
+    let candidates = [
+        dir.join("hostile.wasm"),
+        dir.join("wasm32-wasip2/release/hostile.wasm"),
+    ];
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no hostile.wasm in {} or its wasm32-wasip2/release directory; \
+                 build it with `cargo test --test sandbox`, which writes it under \
+                 target/tmp/sandbox-plugins",
+                dir.display()
+            )
+        })
+}
+
+/// Times `noop.echo` alone and beside the zoo of hostile calls, prints both
+/// and the zoo's tally, and fails when a zoo call ended other than expected.
+async fn zoo_latency(config: &Config, dir: &Path, iterations: usize) -> anyhow::Result<()> {
+    let hostile_path = find_hostile(dir)?;
+    let scratch = tempfile::tempdir()?;
+    let runtime = Arc::new(Runtime::new(
+        RuntimeConfig {
+            cache_dir: Some(scratch.path().join("cache")),
+        },
+        None,
+        None,
+    )?);
+    let noop = runtime
+        .load(&config.plugins_dir.join("noop.wasm"), |name| {
+            config.grant(name)
+        })
+        .await?;
+    let hostile = runtime.load(&hostile_path, |_| zoo_grant()).await?;
+
+    // Warm up so first-call costs do not count.
+    time_echoes(&runtime, &noop, iterations.min(100)).await?;
+    let alone = summarise(time_echoes(&runtime, &noop, iterations).await?);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let actions = zoo_actions();
+    let action_count = actions.len();
+    let mut tasks = Vec::new();
+    for zoo in actions {
+        tasks.push(tokio::spawn(run_zoo_task(
+            runtime.clone(),
+            hostile.clone(),
+            zoo,
+            stop.clone(),
+            ready.clone(),
+        )));
+    }
+    let waiting_since = Instant::now();
+    while ready.load(Ordering::Relaxed) < action_count
+        && waiting_since.elapsed() < ZOO_START_TIMEOUT
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let beside = time_echoes(&runtime, &noop, iterations).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut tallies = Vec::new();
+    for task in tasks {
+        tallies.push(task.await?);
+    }
+    if ready.load(Ordering::Relaxed) < action_count {
+        anyhow::bail!("the zoo tasks did not all finish a call within {ZOO_START_TIMEOUT:?}");
+    }
+    let beside = summarise(beside?);
+
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    println!();
+    println!(
+        "zoo: noop.echo, {iterations} sequential calls, alone and beside {action_count} tasks calling hostile actions"
+    );
+    println!(
+        "{:<36} {:>9} {:>9} {:>9} {:>9}",
+        "", "p50 us", "p99 us", "mean us", "max us"
+    );
+    for (name, summary) in [
+        ("noop.echo alone", &alone),
+        ("noop.echo beside the zoo", &beside),
+    ] {
+        println!(
+            "{name:<36} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            micros(summary.p50),
+            micros(summary.p99),
+            micros(summary.mean),
+            micros(summary.max)
+        );
+    }
+    print_zoo_tallies(&tallies)
+}
+
+/// Prints the calls of each zoo task and fails when any call ended other
+/// than expected.
+fn print_zoo_tallies(tallies: &[ZooTally]) -> anyhow::Result<()> {
+    let expected: Vec<_> = zoo_actions()
+        .into_iter()
+        .map(|zoo| (zoo.action, zoo.expected))
+        .collect();
+    let total: usize = tallies.iter().map(|tally| tally.calls).sum();
+    let unexpected: usize = tallies.iter().map(|tally| tally.unexpected).sum();
+    println!("zoo calls: {total}, {unexpected} ended other than expected");
+    for tally in tallies {
+        let expected = expected
+            .iter()
+            .find(|(action, _)| *action == tally.action)
+            .map_or("?", |(_, expected)| expected);
+        println!(
+            "  {:<12} {:>7} calls, expected {expected}, {} otherwise{}",
+            tally.action,
+            tally.calls,
+            tally.unexpected,
+            tally
+                .first_unexpected
+                .as_ref()
+                .map(|outcome| format!(" (first: {outcome})"))
+                .unwrap_or_default()
+        );
+    }
+    if unexpected > 0 {
+        anyhow::bail!("{unexpected} of {total} zoo calls ended other than expected");
+    }
     Ok(())
 }

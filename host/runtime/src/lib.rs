@@ -14,7 +14,9 @@
 //! host import), linear memory and tables by a resource limiter, the wasm
 //! stack by `max_wasm_stack`, and output and log volume by size caps.
 //!
-//! Limits across calls: the API quotas of each plugin (rates, daily and
+//! Limits across calls: the calls of each plugin that run at once, by a
+//! semaphore per loaded plugin whose wait counts against each call's
+//! wall-clock time, and the API quotas of each plugin (rates, daily and
 //! monthly counts, requests in flight), kept in one [`Quotas`] registry
 //! that every call of the runtime shares.
 
@@ -59,8 +61,8 @@ pub use crate::error::{CallError, LoadError};
 pub use crate::host::{HttpCall, KeyValueStore, LogLevel, LogLine, SecretSource, SecretValue};
 pub use crate::outbound::is_blocked;
 pub use crate::policy::{
-    CONFIG_ORIGIN_PREFIX, Grant, IgnoredGrant, InvalidGrant, InvalidOrigin, Limits, OriginPattern,
-    Policy, SecretGrant,
+    CONFIG_ORIGIN_PREFIX, Grant, IgnoredGrant, InvalidGrant, InvalidLimit, InvalidOrigin, Limits,
+    OriginPattern, Policy, SecretGrant,
 };
 pub use crate::quota::{
     CountStatus, InvalidQuota, OnExceed, PauseStatus, PluginQuotaStatus, QUOTA_NAMESPACE,
@@ -123,6 +125,11 @@ pub struct LoadedPlugin {
     pub digest: String,
     pub policy: Arc<Policy>,
     pre: PluginPre<HostState>,
+    /// Permits for calls running at once, `limits.concurrent_calls` of them.
+    /// Every runtime call of this plugin holds one while its instance
+    /// exists. The `describe` call at load time and
+    /// [`Runtime::invoke_unguarded`] take none.
+    call_slots: tokio::sync::Semaphore,
 }
 
 /// Identity of the caller, for logs and records.
@@ -272,12 +279,14 @@ impl Runtime {
             })?;
         log_policy_warnings(&info.name, &policy);
         self.services.quotas.register(&info.name, &policy)?;
+        let call_slots = tokio::sync::Semaphore::new(policy.limits().concurrent_calls as usize);
         let loaded = Arc::new(LoadedPlugin {
             info,
             path: path.to_path_buf(),
             digest,
             policy: Arc::new(policy),
             pre,
+            call_slots,
         });
 
         let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
@@ -353,7 +362,11 @@ impl Runtime {
             .await
     }
 
-    /// Runs `action` of an already resolved plugin.
+    /// Runs `action` of an already resolved plugin once one of its
+    /// `limits.concurrent_calls` slots is free. The wait for a slot counts
+    /// against `limits.wall_ms`, and a call still waiting when that time
+    /// passes fails with [`CallError::Timeout`], as a call that runs too
+    /// long does. The report's duration includes the wait.
     pub async fn invoke_loaded(
         &self,
         loaded: &LoadedPlugin,
@@ -362,12 +375,41 @@ impl Runtime {
     ) -> Result<CallOutput, CallFailure> {
         let started = Instant::now();
         let limits = loaded.policy.limits().clone();
+        let deadline = tokio::time::Instant::from_std(started + limits.wall_time());
+        let slot = match tokio::time::timeout_at(deadline, loaded.call_slots.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_closed)) => {
+                return Err(queue_failure(
+                    loaded,
+                    started,
+                    CallError::Instantiate {
+                        message: "the plugin's call slots are closed".into(),
+                    },
+                ));
+            }
+            Err(_elapsed) => {
+                tracing::debug!(
+                    plugin.name = %loaded.info.name,
+                    concurrent_calls = limits.concurrent_calls,
+                    wall_ms = limits.wall_ms,
+                    "call timed out waiting for a concurrent-call slot"
+                );
+                return Err(queue_failure(
+                    loaded,
+                    started,
+                    CallError::Timeout {
+                        limit_ms: limits.wall_ms,
+                    },
+                ));
+            }
+        };
+
         let mut state = HostState::new(
             loaded.info.name.clone(),
             loaded.policy.clone(),
             self.services.clone(),
         );
-        state.deadline = Some(started + limits.wall_time());
+        state.deadline = Some(deadline.into_std());
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
         limit_cpu_time(&mut store, limits.cpu_ms);
@@ -378,10 +420,13 @@ impl Runtime {
                 let instance = loaded.pre.instantiate_async(&mut store).await?;
                 instance.call_invoke(&mut store, action, &input_text).await
             };
-            tokio::time::timeout(limits.wall_time(), call).await
+            tokio::time::timeout_at(deadline, call).await
         };
 
+        // Dropping the store returns the instance's slots to the pool before
+        // the next queued call of this plugin starts.
         let state = store.into_data();
+        drop(slot);
         let secrets = state.secrets_sent;
         let report = redact(
             CallReport {
@@ -465,6 +510,18 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Builds the failure of a call that ended before it got a slot to run in.
+fn queue_failure(loaded: &LoadedPlugin, started: Instant, error: CallError) -> CallFailure {
+    CallFailure {
+        error,
+        report: CallReport {
+            plugin_version: loaded.info.version.clone(),
+            duration_us: started.elapsed().as_micros() as u64,
+            ..CallReport::default()
+        },
     }
 }
 

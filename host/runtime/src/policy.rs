@@ -47,6 +47,11 @@ pub struct Limits {
     pub http_response_bytes: usize,
     /// Time for one HTTP request, in milliseconds.
     pub http_timeout_ms: u64,
+    /// Maximum calls of the plugin that run at once. A call over the limit
+    /// waits for a running call to finish, and the wait counts against its
+    /// `wall_ms`, so a call that waits until that time passes fails as timed
+    /// out. Must be at least 1.
+    pub concurrent_calls: u32,
 }
 
 impl Default for Limits {
@@ -60,6 +65,7 @@ impl Default for Limits {
             http_requests: 16,
             http_response_bytes: 4 << 20,
             http_timeout_ms: 5_000,
+            concurrent_calls: 64,
         }
     }
 }
@@ -68,6 +74,33 @@ impl Limits {
     pub fn wall_time(&self) -> Duration {
         Duration::from_millis(self.wall_ms)
     }
+
+    /// Checks the limits that have no meaningful zero or other invalid
+    /// value.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first invalid limit, by its path in the grant.
+    pub fn check(&self) -> Result<(), InvalidLimit> {
+        if self.concurrent_calls == 0 {
+            return Err(InvalidLimit {
+                field: "limits.concurrent_calls",
+                value: 0,
+                reason: "a plugin must be allowed at least 1 call at a time",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A limit that cannot be enforced as written.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid `{field}` = {value}: {reason}")]
+pub struct InvalidLimit {
+    /// Path of the setting in the grant, such as `limits.concurrent_calls`.
+    pub field: &'static str,
+    pub value: u64,
+    pub reason: &'static str,
 }
 
 /// Binding of a granted secret to the origins it may be sent to.
@@ -121,6 +154,8 @@ pub enum InvalidGrant {
     Origin(#[from] InvalidOrigin),
     #[error(transparent)]
     Quota(#[from] InvalidQuota),
+    #[error(transparent)]
+    Limit(#[from] InvalidLimit),
 }
 
 /// An origin pattern that could not be parsed.
@@ -348,9 +383,11 @@ impl Policy {
     ///
     /// # Errors
     ///
-    /// Returns the first origin pattern that does not parse or the first
-    /// quota setting that is invalid, by its path in the grant.
+    /// Returns the first invalid limit, the first origin pattern that does
+    /// not parse or the first quota setting that is invalid, by its path in
+    /// the grant.
     pub fn new(grant: Grant) -> Result<Self, InvalidGrant> {
+        grant.limits.check()?;
         let origins = parse_origins(&grant.http_origins)?;
         let mut secret_origins = BTreeMap::new();
         for secret in &grant.secrets {
@@ -831,6 +868,23 @@ mod tests {
         assert!(!policy.permits_key_value());
         assert_eq!(policy.config_value("base_url"), None);
         assert!(policy.ignored().is_empty());
+    }
+
+    #[test]
+    fn zero_concurrent_calls_is_rejected() {
+        let mut grant = Grant::default();
+        grant.limits.concurrent_calls = 0;
+        let error = Policy::new(grant).expect_err("0 concurrent calls was accepted");
+        let message = error.to_string();
+        assert!(
+            message.contains("limits.concurrent_calls"),
+            "the error does not name the field: {message}"
+        );
+    }
+
+    #[test]
+    fn default_limits_are_valid() {
+        assert!(Limits::default().check().is_ok());
     }
 
     #[test]
