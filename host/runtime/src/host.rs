@@ -5,7 +5,7 @@
 //! the guest as WIT error values it can handle, never as traps.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::component::ResourceTable;
@@ -119,9 +119,6 @@ pub(crate) struct HostState {
     pub memory_limit_hit: bool,
     /// Same for tables and instances.
     pub resource_limit_hit: bool,
-    /// Time spent waiting in `http.send`, which the CPU time limit does not
-    /// count.
-    pub http_wait: Duration,
     /// End of the call's wall-clock limit. A request waiting for its quota
     /// stops waiting then.
     pub deadline: Option<Instant>,
@@ -146,7 +143,6 @@ impl HostState {
             secrets_sent: Vec::new(),
             memory_limit_hit: false,
             resource_limit_hit: false,
-            http_wait: Duration::ZERO,
             deadline: None,
         }
     }
@@ -255,15 +251,12 @@ impl http::Host for HostState {
                 self.policy.limits().http_requests
             )))
         } else {
-            let waiting = Instant::now();
             let caller = outbound::Caller {
                 plugin: &self.plugin,
                 policy: &self.policy,
                 deadline: self.deadline,
             };
-            let result = outbound::send(&self.services, caller, request).await;
-            self.http_wait += waiting.elapsed();
-            result
+            outbound::send(&self.services, caller, request).await
         };
         self.http_calls.push(HttpCall {
             method,

@@ -625,21 +625,27 @@ fn epoch_ticks(cpu_ms: u64) -> u64 {
     (cpu_ms / EPOCH_TICK.as_millis() as u64).max(1)
 }
 
-/// Traps the guest with `Trap::Interrupt` once the call has spent `cpu_ms`
-/// outside `http.send`. The epoch keeps ticking while the guest waits for a
-/// response, so when the deadline passes the callback subtracts that wait
-/// and extends the deadline by whatever budget is left.
+/// Limits the guest to about `cpu_ms` of running time, counted in epoch
+/// ticks, and makes it yield to the async executor at every tick.
+///
+/// The deadline is one tick ahead, and each time it passes the callback
+/// counts one tick and either traps with `Trap::Interrupt` (budget spent) or
+/// yields and sets the next deadline one tick ahead. A tick counts only when
+/// the guest is running wasm as it passes, so time spent waiting in a host
+/// import (such as `http.send`), suspended on a yield, or descheduled by the
+/// operating system costs at most one tick. Yielding at every tick keeps a
+/// spinning plugin from holding a worker thread, so other calls on the same
+/// thread wait at most about one tick per busy call ahead of them.
 fn limit_cpu_time(store: &mut Store<HostState>, cpu_ms: u64) {
-    let budget = Duration::from_millis(cpu_ms);
-    let started = Instant::now();
-    store.set_epoch_deadline(epoch_ticks(cpu_ms));
-    store.epoch_deadline_callback(move |context| {
-        let spent = started.elapsed().saturating_sub(context.data().http_wait);
-        match budget.checked_sub(spent) {
-            Some(left) if !left.is_zero() => Ok(UpdateDeadline::Continue(epoch_ticks(
-                left.as_millis() as u64,
-            ))),
-            _ => Ok(UpdateDeadline::Interrupt),
+    let budget = epoch_ticks(cpu_ms);
+    let mut spent = 0u64;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_context| {
+        spent += 1;
+        if spent >= budget {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
         }
     });
 }

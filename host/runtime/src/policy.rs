@@ -27,12 +27,10 @@ pub const CONFIG_ORIGIN_PREFIX: &str = "config:";
 pub struct Limits {
     /// Maximum linear memory of the instance, in bytes.
     pub memory_bytes: usize,
-    /// Time the guest may run during one call, in milliseconds. Time spent
-    /// waiting for `http.send` is not counted; every other host call is.
-    /// Enforced by epoch interruption, so the resolution is one epoch tick.
-    /// NOTE: epochs follow the wall clock, so a call is also charged for
-    /// time the OS runs other threads, and on an overloaded host a call can
-    /// hit this limit while using far less CPU.
+    /// Time the guest may run wasm code during one call, in milliseconds,
+    /// counted in epoch ticks (the resolution is one tick). A tick counts
+    /// only when it passes while the guest runs wasm, so waiting in a host
+    /// call or being descheduled costs at most one tick.
     pub cpu_ms: u64,
     /// Wall-clock time for the whole call, host imports included, in
     /// milliseconds.
