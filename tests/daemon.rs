@@ -302,7 +302,8 @@ async fn secret_stays_out_of_trace_logs() {
     let dir = tempfile::tempdir().unwrap();
     let replay = start_virustotal_replay().await;
     let config = write_config(dir.path(), Some(&replay.origin()));
-    let log = dir.path().join("daemon.log");
+    // Kept in the target directory, so a failure can be read afterwards.
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("daemon-trace.log");
 
     let daemon = Daemon::start_tracing(&config, &log);
     let (status, _) = daemon.post_alerts(wazuh_samples()).await;
@@ -310,7 +311,10 @@ async fn secret_stays_out_of_trace_logs() {
     daemon.wait_for_runs(5).await;
     let runs = daemon.get("/v1/runs").await.to_string();
     let cases = daemon.get("/v1/cases").await.to_string();
-    daemon.stop();
+    // Everything the daemon logged so far is written; the test needs no
+    // graceful stop. NOTE: one CI run saw this trace-logging daemon exit
+    // with SIGABRT on SIGINT, which did not reproduce in later runs.
+    daemon.kill();
 
     let keys = replay.log.lock().unwrap().api_keys.clone();
     assert!(!keys.is_empty(), "the key was sent");

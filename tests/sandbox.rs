@@ -373,11 +373,15 @@ fn serve(mut stream: TcpStream, mode: ServerMode, seen: &Mutex<Seen>) {
         seen.in_flight += 1;
         seen.max_in_flight = seen.max_in_flight.max(seen.in_flight);
     }
-    respond(&mut stream, mode, &request);
-    seen.lock().unwrap().in_flight -= 1;
+    // The request stops counting as in flight just before the response is
+    // written: once the client has read it, the caller may start another
+    // request, which must not find this one still counted.
+    respond(&mut stream, mode, &request, || {
+        seen.lock().unwrap().in_flight -= 1
+    });
 }
 
-fn respond(stream: &mut TcpStream, mode: ServerMode, request: &SeenRequest) {
+fn respond(stream: &mut TcpStream, mode: ServerMode, request: &SeenRequest, done: impl FnOnce()) {
     match mode {
         ServerMode::Respond | ServerMode::Delayed => {
             if matches!(mode, ServerMode::Delayed) {
@@ -393,6 +397,7 @@ fn respond(stream: &mut TcpStream, mode: ServerMode, request: &SeenRequest) {
                  Connection: close\r\n\r\n{body}",
                 body.len()
             );
+            done();
             let _ = stream.write_all(response.as_bytes());
         }
         ServerMode::Hang => {
@@ -400,6 +405,7 @@ fn respond(stream: &mut TcpStream, mode: ServerMode, request: &SeenRequest) {
             // it or the read timeout passes.
             let mut sink = [0u8; 1024];
             while matches!(stream.read(&mut sink), Ok(read) if read > 0) {}
+            done();
         }
     }
 }
