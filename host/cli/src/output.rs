@@ -268,24 +268,11 @@ pub async fn cases(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let cases: Vec<Case> = match server {
-        Some(server) => {
-            let path = match id {
-                Some(id) => format!("/v1/cases/{id}"),
-                None => "/v1/cases".into(),
-            };
-            let body = fetch(server, &path).await?;
-            if id.is_some() {
-                vec![serde_json::from_value(body)?]
-            } else {
-                serde_json::from_value(body)?
-            }
-        }
+        Some(server) => fetch_records(server, "cases", id).await?,
         None => {
             let store = crate::host::open_store(config)?;
             match id {
-                Some(id) => vec![store.case(id)?.with_context(|| {
-                    format!("case {id:?} not found; `palisade cases` lists them")
-                })?],
+                Some(id) => vec![store.case(id)?.with_context(|| not_found("case", id))?],
                 None => store.cases()?,
             }
         }
@@ -306,24 +293,11 @@ pub async fn runs(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let runs: Vec<RunRecord> = match server {
-        Some(server) => {
-            let path = match id {
-                Some(id) => format!("/v1/runs/{id}"),
-                None => "/v1/runs".into(),
-            };
-            let body = fetch(server, &path).await?;
-            if id.is_some() {
-                vec![serde_json::from_value(body)?]
-            } else {
-                serde_json::from_value(body)?
-            }
-        }
+        Some(server) => fetch_records(server, "runs", id).await?,
         None => {
             let store = crate::host::open_store(config)?;
             match id {
-                Some(id) => vec![store.run(id)?.with_context(|| {
-                    format!("run {id:?} not found; `palisade runs` lists them")
-                })?],
+                Some(id) => vec![store.run(id)?.with_context(|| not_found("run", id))?],
                 None => store.runs()?,
             }
         }
@@ -336,6 +310,29 @@ pub async fn runs(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn not_found(what: &str, id: &str) -> String {
+    format!("{what} {id:?} not found; `palisade {what}s` lists them")
+}
+
+/// Reads `/v1/{collection}` from a daemon, or one record of it when `id` is
+/// given.
+async fn fetch_records<T: serde::de::DeserializeOwned>(
+    server: &str,
+    collection: &str,
+    id: Option<&str>,
+) -> anyhow::Result<Vec<T>> {
+    match id {
+        Some(id) => {
+            let body = fetch(server, &format!("/v1/{collection}/{id}")).await?;
+            Ok(vec![serde_json::from_value(body)?])
+        }
+        None => {
+            let body = fetch(server, &format!("/v1/{collection}")).await?;
+            Ok(serde_json::from_value(body)?)
+        }
+    }
 }
 
 /// Formats quota state: one line per rule, then one per paused origin.
