@@ -1,6 +1,6 @@
 //! Quota tests: the host limits a plugin's outbound requests to the rules
 //! in its grant, across concurrent calls and restarts, and the upstream never
-//! sees more requests than the rules allow.
+//! receives more requests than the rules allow.
 //!
 //! Plugins call a counting HTTP server on 127.0.0.1 that records when each
 //! request arrived and the most requests it held at once. The `hostile`
@@ -222,7 +222,7 @@ struct Tally {
 }
 
 /// A plain HTTP/1.1 server on 127.0.0.1 that counts requests. A request is
-/// in flight from when its head is read until the server starts to answer.
+/// in flight from when its head is read until the server starts to respond.
 /// It runs on detached threads until the test process exits.
 struct CountingServer {
     address: SocketAddr,

@@ -1,5 +1,5 @@
-//! The Suricata triage playbook on EVE lines: alert events start runs and
-//! become scored cases; flow, dns and other context events are stored and
+//! The Suricata triage playbook on EVE lines. Alert events start runs and
+//! become scored cases. Flow, dns and other context events are stored and
 //! grouped but start no run.
 
 mod support;

@@ -81,7 +81,7 @@ impl VirusTotalReplay {
     }
 }
 
-/// Starts the stand-in. `GET /api/v3/files/<sha256>` answers with the
+/// Starts the stand-in. `GET /api/v3/files/<sha256>` returns the
 /// recorded response in `tests/fixtures/virustotal/files` when there is one
 /// and with VirusTotal's `NotFoundError` otherwise; requests without an
 /// `x-apikey` header get `AuthenticationRequiredError`.
@@ -194,7 +194,7 @@ origins = ["{origin}"]
     path
 }
 
-/// Every file under `dir`, recursively.
+/// Lists every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];

@@ -3,7 +3,7 @@
 //! - `build-plugins`: add the `wasm32-wasip2` target and build every plugin
 //!   in `plugins/` as a WebAssembly component;
 //! - `demo`: build the plugins and run the bundled sample alerts through the
-//!   bundled playbooks, with VirusTotal answered by a replay of recorded
+//!   bundled playbooks, with VirusTotal served by a replay of recorded
 //!   responses on 127.0.0.1;
 //! - `test`: build the plugins and run every test: the plugins' own unit
 //!   tests, then the host workspace's tests.
@@ -34,10 +34,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// The repository root: the parent of this crate's directory. `cargo run`
-/// sets `CARGO_MANIFEST_DIR` for the running task, which stays right when a
-/// built task is copied along with a `target` directory; the value from the
-/// build is the fallback.
+/// Returns the repository root: the parent of this crate's directory.
+/// `cargo run` sets `CARGO_MANIFEST_DIR` for the running task, so the path
+/// stays right when a built task is copied along with a `target` directory.
+/// The value from the build is the fallback.
 fn root() -> PathBuf {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)

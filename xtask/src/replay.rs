@@ -1,7 +1,7 @@
 //! A VirusTotal API v3 stand-in on 127.0.0.1 that replays recorded file
 //! reports for the demo.
 //!
-//! `GET /api/v3/files/<sha256>` answers with `<dir>/<sha256>.json` when it
+//! `GET /api/v3/files/<sha256>` returns `<dir>/<sha256>.json` when it
 //! exists and with VirusTotal's `NotFoundError` otherwise. A request without
 //! an `x-apikey` header gets `AuthenticationRequiredError`, as the real API
 //! does. Anything else is `NotFoundError`.

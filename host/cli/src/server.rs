@@ -296,7 +296,8 @@ async fn show_run(
     Ok(Json(serde_json::to_value(run).map_err(internal)?))
 }
 
-/// The live quota state of every plugin with quota rules or a pause.
+/// Returns the live quota state of every plugin with quota rules or a
+/// pause.
 async fn list_quotas(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let quotas = state.caller.runtime.quotas().status();
     Ok(Json(serde_json::to_value(quotas).map_err(internal)?))

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! A string that is one `{{ expression }}` and nothing else takes the
-//! expression's value with its JSON type; any other string containing `{{`
+//! expression's value with its JSON type. Any other string containing `{{`
 //! is rendered as a template into a string.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::template::Templates;
 
-/// What a playbook runs on.
+/// Condition on the alerts a playbook runs on.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
@@ -36,7 +36,7 @@ pub struct Trigger {
     pub when: Option<String>,
 }
 
-/// What the run does when a step fails.
+/// Behaviour of a run when a step fails.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnError {
@@ -70,7 +70,7 @@ impl Step {
     }
 }
 
-/// What a finished run writes to its case. Every field is an expression or
+/// Fields a finished run writes to its case. Every field is an expression or
 /// template over the run's context; a null or undefined result leaves the
 /// case field unchanged.
 #[derive(Clone, Debug, Default, Deserialize)]

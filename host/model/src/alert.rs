@@ -94,7 +94,7 @@ pub struct Alert {
     pub raw: Value,
 }
 
-/// Why a JSON document could not be normalised into an alert.
+/// Failure to normalise a JSON document into an alert.
 #[derive(Debug, thiserror::Error)]
 pub enum NormaliseError {
     #[error(
@@ -200,7 +200,7 @@ fn wazuh(raw: Value) -> Result<Alert, NormaliseError> {
     })
 }
 
-/// The file a Wazuh alert is about (by its strongest hash), else the agent's
+/// Returns the file a Wazuh alert is about (by its strongest hash), else the agent's
 /// address.
 fn wazuh_key_observable(raw: &Value) -> Option<Observable> {
     let hash_fields = [
@@ -262,7 +262,7 @@ fn suricata(raw: Value) -> Result<Alert, NormaliseError> {
     })
 }
 
-/// The remote end of a Suricata flow: the first external address among
+/// Returns the remote end of a Suricata flow: the first external address among
 /// source and destination, else the source address.
 fn suricata_key_observable(raw: &Value) -> Option<Observable> {
     let source = text_at(raw, "/src_ip").and_then(Observable::ip);
@@ -280,7 +280,7 @@ impl Alert {
         self.time.with_timezone(&Utc).timestamp()
     }
 
-    /// Whether the key observable is a file hash.
+    /// Returns whether the key observable is a file hash.
     pub fn is_about_file(&self) -> bool {
         self.key_observable.as_ref().is_some_and(|observable| {
             matches!(

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::alert::{Rule, Severity};
 use crate::observable::{Observable, ObservableKind};
 
-/// Where a case stands in the analyst's workflow.
+/// Stage of a case in the analyst's workflow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CaseStatus {
@@ -18,7 +18,7 @@ pub enum CaseStatus {
 }
 
 impl CaseStatus {
-    /// Whether new alerts may still join the case.
+    /// Returns whether new alerts may still join the case.
     pub fn is_open(self) -> bool {
         matches!(self, Self::New | Self::InProgress)
     }

@@ -7,12 +7,13 @@
 //! give it a plugin name, an action and a JSON document, and get back JSON or
 //! a typed [`CallError`].
 //!
-//! Limits per call: CPU time by epoch interruption (a ticker thread advances
-//! the epoch every [`EPOCH_TICK`], and time spent waiting in `http.send` is
-//! given back to the guest), wall-clock time by a timeout around the
-//! whole call (the epoch cannot interrupt a guest while it waits inside a
-//! host import), linear memory and tables by a resource limiter, the wasm
-//! stack by `max_wasm_stack`, and output and log volume by size caps.
+//! Limits per call:
+//! - CPU time by epoch interruption. A ticker thread advances the epoch
+//!   every [`EPOCH_TICK`], and only ticks that pass while wasm runs count.
+//! - Wall-clock time by a timeout around the whole call, because the epoch
+//!   cannot interrupt a guest while it waits inside a host import.
+//! - Linear memory and tables by a resource limiter, the wasm stack by
+//!   `max_wasm_stack`, and output and log volume by size caps.
 //!
 //! Limits across calls: the calls of each plugin that run at once, by a
 //! semaphore per loaded plugin whose wait counts against each call's

@@ -264,7 +264,7 @@ fn check_address_literal(url: &Url, policy: &Policy) -> Result<(), HttpError> {
     }
 }
 
-/// Whether `ip` is in a range plugins may not reach by host name: loopback,
+/// Returns whether `ip` is in a range plugins may not reach by host name: loopback,
 /// private, link-local (which contains the cloud metadata address
 /// 169.254.169.254), CGNAT, unique-local, unspecified, broadcast, multicast,
 /// or an IPv4-mapped or IPv4-compatible form of one of those.

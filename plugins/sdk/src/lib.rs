@@ -126,7 +126,7 @@ pub mod log {
 /// host may also hold a request back under the operator's quotas, and then
 /// [`Request::send`](http::Request::send) returns
 /// [`HttpError::RateLimited`](http::HttpError::RateLimited) with the wait in
-/// milliseconds when the host knows it.
+/// milliseconds when the host has it.
 pub mod http {
     pub use crate::bindings::palisade::plugin::http::{
         HeaderPlacement, HttpError, Response, SecretPlacement, SecretRef,

@@ -161,8 +161,8 @@ fn read_indicator(
     contents.indicators.push(ParsedIndicator { record, values });
 }
 
-/// Converts one comparison into an indicator value. The error says why it
-/// cannot become one.
+/// Converts one comparison into an indicator value. The error gives the
+/// reason it cannot become one.
 fn comparison_value(comparison: &Comparison) -> Result<IndicatorValue, String> {
     if comparison.negated || comparison.operator != "=" {
         let not = if comparison.negated { "NOT " } else { "" };

@@ -22,7 +22,7 @@
 //!
 //! A 429 response with `Retry-After` pauses the plugin's requests to that
 //! origin, across all its calls, until the time passes. Requests in the
-//! pause wait or fail as the rules that cover them say, and fail when no
+//! pause wait or fail as the rules that cover them specify, and fail when no
 //! rule covers them.
 //!
 //! NOTE: token buckets, in-flight counts and pauses live in memory. After a
@@ -481,7 +481,7 @@ impl PluginQuotas {
     }
 
     /// Adds a refusal when `origin` is paused. The pause waits only when
-    /// rules cover the request and all of them say `wait`.
+    /// rules cover the request and all of them specify `wait`.
     fn check_pause(
         &self,
         state: &mut PluginState,
