@@ -17,6 +17,16 @@ impl Daemon {
         Self::spawn(config, Stdio::inherit(), None)
     }
 
+    /// Starts the daemon with its standard error appended to `log`.
+    pub fn start_logged(config: &Path, log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Self::spawn(config, Stdio::from(file), None)
+    }
+
     /// Starts the daemon with `RUST_LOG=trace`, its standard error written
     /// to `log`.
     pub fn start_tracing(config: &Path, log: &Path) -> Self {
@@ -59,6 +69,11 @@ impl Daemon {
         assert!(status.success());
         let exit = self.child.wait().unwrap();
         assert!(exit.success(), "daemon exited with {exit}");
+    }
+
+    /// Process id of the daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill(mut self) {

@@ -5,6 +5,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 pub mod daemon;
+pub mod ticketing;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

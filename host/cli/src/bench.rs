@@ -118,6 +118,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
         finished_at: None,
         steps: Vec::new(),
         error: None,
+        wake_at: None,
     };
 
     // Warm up both paths so first-call costs do not count.
@@ -145,24 +146,32 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         for _ in 0..args.block.min(args.iterations - palisade.len()) {
             let started = Instant::now();
-            let started_at = Utc::now();
-            let call = runtime
-                .invoke_loaded(&loaded, "echo", &input)
-                .await
-                .map_err(|failure| anyhow::anyhow!(failure.error))?;
-            let step = StepRecord {
+            // The engine journals a step twice: started, then finished.
+            let mut step = StepRecord {
                 id: "echo".into(),
                 uses: "noop.echo".into(),
-                status: StepStatus::Succeeded,
-                started_at,
-                duration_us: call.report.duration_us,
-                plugin_version: Some(call.report.plugin_version),
+                status: StepStatus::Started,
+                attempt: 1,
+                idempotency_key: None,
+                retry_at: None,
+                started_at: Utc::now(),
+                duration_us: 0,
+                plugin_version: None,
                 input: input.clone(),
-                output: Some(call.output),
+                output: None,
                 error: None,
                 logs: json!([]),
                 http_calls: json!([]),
             };
+            store.put_step(&run.id, 0, &step)?;
+            let call = runtime
+                .invoke_loaded(&loaded, "echo", &step.input)
+                .await
+                .map_err(|failure| anyhow::anyhow!(failure.error))?;
+            step.status = StepStatus::Succeeded;
+            step.duration_us = call.report.duration_us;
+            step.plugin_version = Some(call.report.plugin_version);
+            step.output = Some(call.output);
             store.put_step(&run.id, 0, &step)?;
             palisade.push(started.elapsed());
         }

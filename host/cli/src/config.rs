@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use palisade_model::{DURATION_FORMS, Severity, SlaPolicy, parse_duration};
 use palisade_runtime::{Grant, Policy, SecretSource, SecretValue};
 use palisade_store::Store;
 use serde::Deserialize;
@@ -54,6 +56,121 @@ pub struct Config {
     /// Grants by plugin name. A plugin with no entry is granted nothing.
     #[serde(default)]
     pub plugins: BTreeMap<String, Grant>,
+    #[serde(default)]
+    pub sla: SlaConfig,
+    #[serde(default)]
+    pub correlation: CorrelationConfig,
+}
+
+/// A duration as written in the file: text such as `"15m"`, or the number
+/// `0`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DurationSetting {
+    Text(String),
+    Number(i64),
+}
+
+impl DurationSetting {
+    /// Parses the setting at `key`, where `none` means no duration.
+    fn parse(&self, key: &str) -> Result<Option<Duration>, String> {
+        let text = match self {
+            Self::Text(text) if text.trim() == "none" => return Ok(None),
+            Self::Text(text) => text.as_str(),
+            Self::Number(0) => "0",
+            Self::Number(number) => {
+                return Err(format!(
+                    "`{key}` = {number} has no unit; write {DURATION_FORMS} as a string"
+                ));
+            }
+        };
+        parse_duration(text)
+            .map(Some)
+            .map_err(|error| format!("`{key}`: {error}"))
+    }
+}
+
+/// `[sla]`: how soon cases must be acknowledged and resolved, by severity,
+/// counted from when a case opens. A severity or a deadline left out keeps
+/// its default (see [`SlaPolicy::default`]), and `"none"` sets no deadline.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaConfig {
+    pub critical: Option<SlaDeadlines>,
+    pub high: Option<SlaDeadlines>,
+    pub medium: Option<SlaDeadlines>,
+    pub low: Option<SlaDeadlines>,
+    pub informational: Option<SlaDeadlines>,
+}
+
+/// Deadlines of one severity in `[sla.SEVERITY]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaDeadlines {
+    pub acknowledge: Option<DurationSetting>,
+    pub resolve: Option<DurationSetting>,
+}
+
+impl SlaConfig {
+    /// Builds the policy: the defaults, with the configured deadlines in
+    /// their place. A deadline of zero is rejected, because every case
+    /// would miss it.
+    pub fn policy(&self) -> Result<SlaPolicy, String> {
+        let mut policy = SlaPolicy::default();
+        let entries = [
+            (Severity::Critical, &self.critical),
+            (Severity::High, &self.high),
+            (Severity::Medium, &self.medium),
+            (Severity::Low, &self.low),
+            (Severity::Informational, &self.informational),
+        ];
+        for (severity, entry) in entries {
+            let Some(entry) = entry else { continue };
+            let mut target = policy.target(severity);
+            let fields = [
+                ("acknowledge", &entry.acknowledge, &mut target.acknowledge),
+                ("resolve", &entry.resolve, &mut target.resolve),
+            ];
+            for (field, setting, slot) in fields {
+                let Some(setting) = setting else { continue };
+                let key = format!("sla.{}.{field}", severity.as_str());
+                let deadline = setting.parse(&key)?;
+                if deadline == Some(Duration::ZERO) {
+                    return Err(format!(
+                        "`{key}` is zero, so every case would miss it; write a duration such as 4h, or \"none\" for no deadline"
+                    ));
+                }
+                *slot = deadline;
+            }
+            policy.set(severity, target);
+        }
+        Ok(policy)
+    }
+}
+
+/// `[correlation]`: how alerts with different fingerprints join one case.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrelationConfig {
+    /// Greatest distance in event time between an alert and the last alert
+    /// with a shared correlation key for the two to join one case. The
+    /// default is one hour, and `0` groups alerts by fingerprint only.
+    pub window: Option<DurationSetting>,
+}
+
+/// Correlation window when `[correlation] window` is not set.
+pub const DEFAULT_CORRELATION_WINDOW: Duration = Duration::from_secs(3600);
+
+impl CorrelationConfig {
+    pub fn window(&self) -> Result<Duration, String> {
+        let Some(setting) = &self.window else {
+            return Ok(DEFAULT_CORRELATION_WINDOW);
+        };
+        setting.parse("correlation.window")?.ok_or_else(|| {
+            "`correlation.window` cannot be \"none\"; write 0 to group alerts by fingerprint only"
+                .to_string()
+        })
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -84,6 +201,8 @@ impl Default for Config {
             secret_key_file: None,
             secrets: BTreeMap::new(),
             plugins: BTreeMap::new(),
+            sla: SlaConfig::default(),
+            correlation: CorrelationConfig::default(),
         }
     }
 }
@@ -112,6 +231,12 @@ impl Config {
                 );
             }
         }
+        config.sla.policy().map_err(|error| {
+            anyhow::anyhow!("invalid configuration file {}: {error}", path.display())
+        })?;
+        config.correlation.window().map_err(|error| {
+            anyhow::anyhow!("invalid configuration file {}: {error}", path.display())
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let secret_files = config.secrets.values_mut().filter_map(|s| s.file.as_mut());
         let cache_dir = config.cache_dir.as_mut();
@@ -301,5 +426,94 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let error = toml::from_str::<Config>("[plugins.x]\nhttp_orgins = []\n").unwrap_err();
         assert!(error.to_string().contains("http_orgins"), "{error}");
+    }
+
+    fn load_text(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("palisade.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path))
+    }
+
+    #[test]
+    fn sla_overrides_keep_other_defaults() {
+        let config = load_text(
+            "[sla.high]\nacknowledge = \"30m\"\n[sla.informational]\nresolve = \"2d\"\n[sla.low]\nresolve = \"none\"\n",
+        )
+        .unwrap();
+        let policy = config.sla.policy().unwrap();
+        let high = policy.target(Severity::High);
+        assert_eq!(high.acknowledge, Some(Duration::from_secs(1800)));
+        assert_eq!(
+            high.resolve,
+            Some(Duration::from_secs(86_400)),
+            "default kept"
+        );
+        let informational = policy.target(Severity::Informational);
+        assert_eq!(informational.acknowledge, None);
+        assert_eq!(informational.resolve, Some(Duration::from_secs(172_800)));
+        assert_eq!(policy.target(Severity::Low).resolve, None);
+        assert_eq!(
+            policy.target(Severity::Critical),
+            SlaPolicy::default().target(Severity::Critical)
+        );
+    }
+
+    #[test]
+    fn bad_sla_values_name_key_and_form() {
+        let cases = [
+            (
+                "[sla.high]\nacknowledge = \"4 h\"\n",
+                "sla.high.acknowledge",
+                "such as 30s",
+            ),
+            (
+                "[sla.critical]\nresolve = \"1w\"\n",
+                "sla.critical.resolve",
+                "ms, s, m, h or d",
+            ),
+            (
+                "[sla.low]\nresolve = 15\n",
+                "sla.low.resolve",
+                "has no unit",
+            ),
+            (
+                "[sla.medium]\nacknowledge = \"0\"\n",
+                "sla.medium.acknowledge",
+                "every case would miss it",
+            ),
+        ];
+        for (text, key, form) in cases {
+            let error = format!("{:#}", load_text(text).unwrap_err());
+            assert!(error.contains(key), "{text}: {error}");
+            assert!(error.contains(form), "{text}: {error}");
+        }
+        let error = format!(
+            "{:#}",
+            load_text("[sla.urgent]\nresolve = \"1h\"\n").unwrap_err()
+        );
+        assert!(error.contains("urgent"), "{error}");
+    }
+
+    #[test]
+    fn correlation_window_defaults_and_switches_off() {
+        assert_eq!(
+            Config::default().correlation.window().unwrap(),
+            DEFAULT_CORRELATION_WINDOW
+        );
+        for (text, expected) in [
+            ("window = \"30m\"", Duration::from_secs(1800)),
+            ("window = \"0\"", Duration::ZERO),
+            ("window = 0", Duration::ZERO),
+        ] {
+            let config = load_text(&format!("[correlation]\n{text}\n")).unwrap();
+            assert_eq!(config.correlation.window().unwrap(), expected, "{text}");
+        }
+        let error = format!(
+            "{:#}",
+            load_text("[correlation]\nwindow = \"soon\"\n").unwrap_err()
+        );
+        assert!(error.contains("correlation.window"), "{error}");
+        assert!(error.contains("\"soon\""), "{error}");
     }
 }

@@ -4,12 +4,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use palisade_engine::{Engine, Playbook, PluginCaller, StepOutcome};
+use palisade_engine::{CallInfo, Engine, Playbook, PluginCaller, StepOutcome};
 use palisade_model::StepError;
 use palisade_runtime::{CallContext, KeyValueStore, Runtime, RuntimeConfig};
 use palisade_store::{SledStore, Store};
 use serde_json::Value;
 
+use crate::audit_cmd::{PluginIdentity, audit_plugins};
 use crate::config::{Config, ConfiguredSecrets};
 
 /// The engine's view of the sandboxed runtime.
@@ -23,12 +24,13 @@ impl PluginCaller for RuntimeCaller {
         plugin: &str,
         action: &str,
         input: &Value,
-        run_id: &str,
-        step_id: &str,
+        call: CallInfo<'_>,
     ) -> StepOutcome {
+        let (run_id, step_id) = (call.run_id, call.step_id);
         let context = CallContext {
             run_id: run_id.to_string(),
             step_id: step_id.to_string(),
+            idempotency_key: call.idempotency_key.map(str::to_string),
         };
         let (result, report) = match self.runtime.invoke(plugin, action, input, &context).await {
             Ok(call) => (Ok(call.output), call.report),
@@ -58,6 +60,17 @@ impl PluginCaller for RuntimeCaller {
                 .iter()
                 .map(|action| action.name.clone())
                 .collect()
+        })
+    }
+
+    fn has_side_effects(&self, plugin: &str, action: &str) -> bool {
+        self.runtime.plugin(plugin).is_none_or(|loaded| {
+            loaded
+                .info
+                .actions
+                .iter()
+                .find(|info| info.name == action)
+                .is_none_or(|info| info.side_effects)
         })
     }
 }
@@ -99,11 +112,13 @@ pub struct Host {
     pub caller: Arc<RuntimeCaller>,
 }
 
-/// Opens the database at the configured data directory.
+/// Opens the database at the configured data directory, with the
+/// configured correlation window.
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<SledStore>> {
+    let window = config.correlation.window().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let store = SledStore::open(&config.data_dir.join("db"))?;
+    let store = SledStore::open(&config.data_dir.join("db"))?.with_correlation_window(window);
     Ok(Arc::new(store))
 }
 
@@ -134,6 +149,9 @@ pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<
         .load_dir(&config.plugins_dir, |name| config.grant(name))
         .await?;
     tracing::info!(count = loaded.len(), dir = %config.plugins_dir.display(), "plugins loaded");
+    let identities: Vec<PluginIdentity> =
+        loaded.iter().map(|plugin| plugin.as_ref().into()).collect();
+    audit_plugins(store.as_ref(), &identities)?;
 
     let playbooks = load_playbooks(playbooks.unwrap_or(&config.playbooks_dir))?;
     let caller = Arc::new(RuntimeCaller { runtime });

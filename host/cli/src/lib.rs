@@ -2,10 +2,13 @@
 //! cases, runs and plugins. Commands parse arguments and format output; the
 //! work happens in the engine they share with the HTTP API.
 
+pub mod audit_cmd;
 pub mod bench;
 pub mod config;
+mod export_cmd;
 pub mod host;
 mod output;
+mod run_cmd;
 pub mod secrets;
 pub mod server;
 
@@ -91,6 +94,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Decide on a parked run, whose step with side effects was interrupted
+    /// mid-call: retry the step with the same idempotency key, skip it, or
+    /// fail it. The run then continues.
+    Resume {
+        /// Id of the parked run, such as R00000012.
+        run_id: String,
+        #[arg(long, value_parser = ["retry", "skip", "fail"])]
+        decision: String,
+        /// Who decides, recorded in the case timeline.
+        #[arg(long = "as", default_value = "cli")]
+        actor: String,
+        /// Send the decision to a running daemon at this URL instead of
+        /// opening the database.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect loaded plugins.
     Plugin {
         #[command(subcommand)]
@@ -120,6 +141,26 @@ pub enum Command {
     },
     /// Measure per-step overhead against a bare wasmtime instantiate and call.
     Bench(bench::BenchArgs),
+    /// Check or list the hash-chained audit log. Opens the database, so
+    /// stop the daemon first.
+    Audit {
+        #[command(subcommand)]
+        command: audit_cmd::AuditCommand,
+    },
+    /// Write the whole database as JSON lines: alerts, cases, runs, plugin
+    /// key-value data, encrypted secrets and the audit log. Opens the
+    /// database, so stop the daemon first.
+    Export {
+        /// File to write; standard output by default.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Read an export into an empty data directory, then verify the audit
+    /// chain it brought in.
+    Import {
+        /// Export file, or `-` for standard input.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +210,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs { id, server, json } => {
             output::runs(&config, id.as_deref(), server.as_deref(), json).await
         }
+        Command::Resume {
+            run_id,
+            decision,
+            actor,
+            server,
+            json,
+        } => {
+            // clap accepts only the three names `parse` knows.
+            let decision = palisade_engine::ParkedDecision::parse(&decision)
+                .with_context(|| format!("unknown decision {decision:?}"))?;
+            run_cmd::resume(&config, &run_id, decision, &actor, server.as_deref(), json).await
+        }
         Command::Plugin { command } => plugin_command(&config, command).await,
         Command::Quota { server, json } => output::quotas(&config, server.as_deref(), json).await,
         Command::Intel { files } => {
@@ -178,6 +231,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Secret { command } => secret_command(&config, command),
+        Command::Audit { command } => audit_cmd::run(&config, command),
+        Command::Export { out } => export_cmd::export(&config, out.as_deref()),
+        Command::Import { file } => export_cmd::import(&config, &file),
         Command::Bench(args) => bench::run(&config, args).await,
     }
 }
@@ -264,10 +320,10 @@ async fn run_once(
 ) -> anyhow::Result<ExitCode> {
     let host = host::build(config, playbook).await?;
     load_intel(&host, intel).await?;
-    // Finish alerts an earlier run stored but did not get to run.
-    let resumed = host.engine.resume_pending().await?;
+    // Finish alerts and runs an earlier process accepted but did not end.
+    let resumed = host.engine.resume_all().await?;
     if resumed > 0 {
-        eprintln!("resumed {resumed} alerts stored by an earlier, interrupted run");
+        eprintln!("resumed {resumed} alerts and runs left by an earlier, interrupted process");
     }
 
     let mut rejected = 0;
@@ -290,6 +346,7 @@ async fn run_once(
             }
         }
     }
+    finish_waiting_runs(&host.engine).await?;
     host.store.flush()?;
 
     let mut cases = Vec::new();
@@ -308,6 +365,28 @@ async fn run_once(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Waits for runs that wait to retry a step, and continues each when its
+/// time comes, until none waits. Interrupting leaves them stored, and the
+/// next `run` or `serve` continues them.
+async fn finish_waiting_runs(engine: &palisade_engine::Engine<host::RuntimeCaller>) -> anyhow::Result<()> {
+    while let Some(at) = engine.next_wake()? {
+        let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+        if !wait.is_zero() {
+            eprintln!(
+                "waiting {} for a step to be retried (Ctrl-C leaves it for the next start)",
+                palisade_model::format_duration(std::time::Duration::from_millis(
+                    wait.as_millis().max(1) as u64
+                ))
+            );
+            tokio::time::sleep(wait).await;
+        }
+        for (run_id, _) in engine.due_runs(100)? {
+            engine.resume_run(&run_id).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Loads STIX bundles and CSV block lists through the ti-matcher plugin.
@@ -334,6 +413,7 @@ async fn load_intel(host: &host::Host, files: &[PathBuf]) -> anyhow::Result<()> 
         let context = CallContext {
             run_id: "intel-load".into(),
             step_id: source.clone(),
+            idempotency_key: None,
         };
         let result = host
             .caller

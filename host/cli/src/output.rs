@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use palisade_model::{Case, RunRecord, StepStatus};
+use palisade_model::{Case, RunRecord, RunStatus, StepStatus};
 use palisade_runtime::{CountStatus, LoadedPlugin, PluginQuotaStatus, RuleStatus};
 use palisade_store::Store;
 use serde_json::Value;
@@ -29,7 +29,7 @@ pub fn case_table(cases: &[Case]) -> String {
 }
 
 /// Applies [`printable`] to every line of `text`, keeping the line breaks.
-fn printable_lines(text: &str) -> String {
+pub fn printable_lines(text: &str) -> String {
     text.lines().map(|line| printable(line) + "\n").collect()
 }
 
@@ -153,6 +153,7 @@ pub fn run_detail(run: &RunRecord) -> String {
     );
     for step in &run.steps {
         let status = match step.status {
+            StepStatus::Started => "started",
             StepStatus::Succeeded => "ok",
             StepStatus::Failed => "FAILED",
             StepStatus::Skipped => "skipped",
@@ -169,9 +170,20 @@ pub fn run_detail(run: &RunRecord) -> String {
         if let Some(error) = &step.error {
             let _ = writeln!(out, "  {:>12} {}: {}", "", error.kind, error.message);
         }
+        if let Some(at) = step.retry_at {
+            let _ = writeln!(out, "  {:>12} attempt {} retries at {at}", "", step.attempt);
+        }
     }
     if let Some(error) = &run.error {
-        let _ = writeln!(out, "  run failed: {}", error.message);
+        let label = if run.status == RunStatus::Parked {
+            "run parked"
+        } else {
+            "run failed"
+        };
+        let _ = writeln!(out, "  {label}: {}", error.message);
+    }
+    if let Some(at) = run.wake_at.filter(|_| run.status == RunStatus::Waiting) {
+        let _ = writeln!(out, "  run waits until {at}");
     }
     out
 }

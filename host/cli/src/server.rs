@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use palisade_engine::Engine;
+use palisade_engine::{CaseService, Engine, EngineError, ParkedDecision};
 use palisade_model::{Alert, parse_alert_bytes};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -32,10 +32,26 @@ const QUEUE_CAPACITY: usize = 10_000;
 /// Worker tasks running playbooks.
 const WORKERS: usize = 4;
 
+/// Work for the run workers.
+enum Work {
+    /// Start the runs of a newly accepted alert, with its case.
+    Alert(Alert, String),
+    /// Continue a run: one interrupted by a stop, or a waiting run whose
+    /// time has come.
+    Run(String),
+}
+
 struct AppState {
     engine: Arc<Engine<RuntimeCaller>>,
     caller: Arc<RuntimeCaller>,
-    queue: mpsc::Sender<(Alert, String)>,
+    queue: mpsc::Sender<Work>,
+    cases: Arc<CaseService>,
+}
+
+impl axum::extract::FromRef<Arc<AppState>> for Arc<CaseService> {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        state.cases.clone()
+    }
 }
 
 /// Runs the daemon on `listen` until `shutdown` completes. Prints
@@ -45,47 +61,56 @@ pub async fn serve(
     listen: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let sla = config.sla.policy().map_err(anyhow::Error::msg)?;
     let host = host::build(config, None).await?;
     let engine = Arc::new(host.engine);
 
-    let (queue, receiver) = mpsc::channel::<(Alert, String)>(QUEUE_CAPACITY);
+    let (queue, receiver) = mpsc::channel::<Work>(QUEUE_CAPACITY);
     let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
         workers.push(tokio::spawn(worker(engine.clone(), receiver.clone())));
     }
 
-    // Alerts accepted before the last stop are queued behind the listener,
-    // so the daemon responds at once however many there are.
-    let pending = engine.take_pending()?;
-    if !pending.is_empty() {
+    // Work left by the last stop is queued behind the listener, so the
+    // daemon responds at once however much there is.
+    let recovery = engine.recover()?;
+    if !recovery.pending.is_empty() || !recovery.interrupted.is_empty() {
         tracing::info!(
-            count = pending.len(),
-            "resuming alerts accepted before the last stop"
+            alerts = recovery.pending.len(),
+            runs = recovery.interrupted.len(),
+            "resuming alerts and runs left by the last stop"
         );
         let queue = queue.clone();
         tokio::spawn(async move {
-            for item in pending {
-                if queue.send(item).await.is_err() {
+            let runs = recovery.interrupted.into_iter().map(Work::Run);
+            let alerts = recovery
+                .pending
+                .into_iter()
+                .map(|(alert, case_id)| Work::Alert(alert, case_id));
+            for work in runs.chain(alerts) {
+                if queue.send(work).await.is_err() {
                     break;
                 }
             }
         });
     }
+    let timers = tokio::spawn(wake_due_runs(engine.clone(), queue.downgrade()));
 
     let state = Arc::new(AppState {
         engine: engine.clone(),
         caller: host.caller.clone(),
         queue,
+        cases: Arc::new(CaseService::new(engine.store().clone(), sla)),
     });
     let app = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/alerts", post(ingest))
-        .route("/v1/cases", get(list_cases))
-        .route("/v1/cases/{id}", get(show_case))
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(show_run))
+        .route("/v1/runs/{id}/resume", post(resume_parked_run))
         .route("/v1/quotas", get(list_quotas))
+        .merge(crate::case_api::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -102,7 +127,9 @@ pub async fn serve(
         .await?;
 
     // Dropping the router dropped the last sender, so the workers finish
-    // the queued alerts and stop.
+    // the queued alerts and stop. Waiting runs stay stored for the next
+    // start.
+    timers.abort();
     for worker in workers {
         let _ = worker.await;
     }
@@ -113,21 +140,69 @@ pub async fn serve(
 
 async fn worker(
     engine: Arc<Engine<RuntimeCaller>>,
-    receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<(Alert, String)>>>,
+    receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Work>>>,
 ) {
     loop {
         let next = receiver.lock().await.recv().await;
-        let Some((alert, case_id)) = next else { break };
-        if let Err(error) = engine.run_matching(&alert, &case_id).await {
-            tracing::error!(alert.id = %alert.id, case.id = %case_id, %error, "playbook runs failed; the alert stays pending");
+        match next {
+            None => break,
+            Some(Work::Alert(alert, case_id)) => {
+                if let Err(error) = engine.run_matching(&alert, &case_id).await {
+                    tracing::error!(alert.id = %alert.id, case.id = %case_id, %error, "playbook runs failed; the alert stays pending");
+                }
+            }
+            Some(Work::Run(run_id)) => {
+                if let Err(error) = engine.resume_run(&run_id).await {
+                    tracing::error!(run.id = %run_id, %error, "continuing the run failed; it is retried at the next start");
+                }
+            }
         }
     }
 }
 
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+/// Longest sleep of the timer task, so a deadline written by another path
+/// (a run that starts waiting) is seen soon without a wake-up signal.
+const TIMER_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Queues waiting runs when their stored wake time comes. A run queued for
+/// a wake time is not queued again for the same time.
+async fn wake_due_runs(engine: Arc<Engine<RuntimeCaller>>, queue: mpsc::WeakSender<Work>) {
+    let mut queued: std::collections::HashMap<String, chrono::DateTime<chrono::Utc>> =
+        std::collections::HashMap::new();
+    loop {
+        let due = match engine.due_runs(1_000) {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "reading due runs failed");
+                Vec::new()
+            }
+        };
+        queued.retain(|id, at| due.iter().any(|(due_id, due_at)| due_id == id && due_at == at));
+        for (run_id, at) in due {
+            if queued.get(&run_id) == Some(&at) {
+                continue;
+            }
+            let Some(queue) = queue.upgrade() else { return };
+            if queue.send(Work::Run(run_id.clone())).await.is_err() {
+                return;
+            }
+            queued.insert(run_id, at);
+        }
+        let sleep = match engine.next_wake() {
+            Ok(Some(at)) => (at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .clamp(std::time::Duration::from_millis(10), TIMER_POLL),
+            _ => TIMER_POLL,
+        };
+        tokio::time::sleep(sleep).await;
+    }
+}
+
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -137,7 +212,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn internal(error: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
     tracing::error!(%error, "request failed");
     ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -205,8 +280,8 @@ async fn ingest(
         .await
         .map_err(internal)?
         .map_err(internal)?;
-    for item in outcome.to_run {
-        if state.queue.send(item).await.is_err() {
+    for (alert, case_id) in outcome.to_run {
+        if state.queue.send(Work::Alert(alert, case_id)).await.is_err() {
             // The daemon is stopping; the alert stays pending and resumes at
             // the next start.
             break;
@@ -260,24 +335,6 @@ fn accept_batch(
     Ok(outcome)
 }
 
-async fn list_cases(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let cases = state.engine.store().cases().map_err(internal)?;
-    Ok(Json(serde_json::to_value(cases).map_err(internal)?))
-}
-
-async fn show_case(
-    State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let case = state
-        .engine
-        .store()
-        .case(&id)
-        .map_err(internal)?
-        .ok_or_else(|| not_found("case", &id))?;
-    Ok(Json(serde_json::to_value(case).map_err(internal)?))
-}
-
 async fn list_runs(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let runs = state.engine.store().runs().map_err(internal)?;
     Ok(Json(serde_json::to_value(runs).map_err(internal)?))
@@ -293,6 +350,58 @@ async fn show_run(
         .run(&id)
         .map_err(internal)?
         .ok_or_else(|| not_found("run", &id))?;
+    Ok(Json(serde_json::to_value(run).map_err(internal)?))
+}
+
+/// Body of `POST /v1/runs/{id}/resume`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeRequest {
+    /// `retry`, `skip` or `fail`.
+    decision: String,
+    /// Who decided, for the case timeline; `api` when absent.
+    actor: Option<String>,
+}
+
+/// Applies a person's decision to a parked run and continues it. Returns the
+/// run as it stands afterwards: finished, waiting, or parked again.
+async fn resume_parked_run(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Result<Json<ResumeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(request) = body.map_err(|rejection| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_body",
+        message: format!(
+            "{}; send {{\"decision\": \"retry\" | \"skip\" | \"fail\", \"actor\": \"NAME\"}}",
+            rejection.body_text()
+        ),
+    })?;
+    let decision = ParkedDecision::parse(&request.decision).ok_or_else(|| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_decision",
+        message: format!(
+            "decision {:?} is not one of retry, skip, fail",
+            request.decision
+        ),
+    })?;
+    let actor = request.actor.unwrap_or_else(|| "api".to_string());
+    if state.engine.store().run(&id).map_err(internal)?.is_none() {
+        return Err(not_found("run", &id));
+    }
+    let run = state
+        .engine
+        .resume_parked(&id, decision, &actor)
+        .await
+        .map_err(|error| match error {
+            EngineError::Conflict(message) => ApiError {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                message,
+            },
+            other => internal(other),
+        })?;
     Ok(Json(serde_json::to_value(run).map_err(internal)?))
 }
 

@@ -5,20 +5,30 @@
 //! only through [`palisade_store::Store`], so it depends on no wasmtime
 //! or sled types.
 
+mod cases;
 mod playbook;
 mod runner;
+mod runs;
 mod template;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use palisade_model::{Alert, Case, Observable, RunRecord, RunStatus, Severity, StepError};
+use palisade_model::{Alert, Case, Observable, RunStatus, Severity};
 use palisade_store::{Store, StoreError};
 use serde_json::{Map, Value};
-use tracing::Instrument;
 
-pub use crate::playbook::{CaseUpdate, OnError, Playbook, PlaybookError, Step, Trigger};
-pub use crate::runner::{PluginCaller, StepOutcome};
+pub use crate::cases::{
+    CaseCounts, CaseEdit, CaseError, CaseFilter, CaseQuery, CaseService, CaseStats,
+    MAX_COMMENT_CHARS, MAX_NAME_CHARS, MAX_TAG_CHARS, PRIORITIES, SeverityCounts,
+};
+pub use crate::playbook::{
+    CaseUpdate, DEFAULT_RETRY_KINDS, OnError, OnInterrupt, Playbook, PlaybookError, Retry, Step,
+    Trigger,
+};
+pub use crate::runner::{CallInfo, PluginCaller, StepOutcome};
+pub use crate::runs::{ParkedDecision, Recovery};
 pub use crate::template::Templates;
 
 /// Failure of an engine operation.
@@ -28,6 +38,10 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Playbook(String),
+    /// A request about a run that does not fit its state, such as resuming
+    /// a run that is not parked.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Outcome of ingesting one alert: its case and the runs it started.
@@ -48,6 +62,9 @@ pub struct Engine<C: PluginCaller> {
     caller: Arc<C>,
     playbooks: Vec<Playbook>,
     templates: Templates,
+    /// Runs a task of this process is driving, so that no run is driven
+    /// twice at once.
+    claims: Mutex<HashSet<String>>,
 }
 
 impl<C: PluginCaller> Engine<C> {
@@ -66,6 +83,7 @@ impl<C: PluginCaller> Engine<C> {
             caller,
             playbooks,
             templates: Templates::new(),
+            claims: Mutex::new(HashSet::new()),
         })
     }
 
@@ -117,22 +135,6 @@ impl<C: PluginCaller> Engine<C> {
         })
     }
 
-    /// Runs every playbook matching `alert` for case `case_id`, then marks
-    /// the alert as no longer pending.
-    pub async fn run_matching(
-        &self,
-        alert: &Alert,
-        case_id: &str,
-    ) -> Result<Vec<(String, RunStatus)>, EngineError> {
-        let mut runs = Vec::new();
-        for playbook in self.matching(alert) {
-            let run = self.run_playbook(playbook, alert, case_id).await?;
-            runs.push((run.id, run.status));
-        }
-        self.store.finish_pending(&alert.id)?;
-        Ok(runs)
-    }
-
     /// Stores `alert`, adds it to its case, and runs every matching playbook.
     /// An alert that was stored before is not run again.
     pub async fn ingest(&self, alert: &Alert) -> Result<IngestReport, EngineError> {
@@ -141,129 +143,6 @@ impl<C: PluginCaller> Engine<C> {
             report.runs = self.run_matching(alert, &report.case_id).await?;
         }
         Ok(report)
-    }
-
-    /// Collects alerts that were accepted but whose runs did not finish, for
-    /// example because the process stopped, with the case each joined. Runs
-    /// left `running` by the stop are recorded as interrupted, since they
-    /// will never finish. Call this before accepting new alerts: a run
-    /// started afterwards would be taken for an interrupted one.
-    pub fn take_pending(&self) -> Result<Vec<(Alert, String)>, EngineError> {
-        let pending = self.store.pending_alerts()?;
-        if pending.is_empty() {
-            return Ok(Vec::new());
-        }
-        for mut run in self.store.runs()? {
-            if run.status == RunStatus::Running && pending.contains(&run.alert_id) {
-                run.status = RunStatus::Failed;
-                run.finished_at = Some(Utc::now());
-                run.error = Some(StepError {
-                    kind: "interrupted".into(),
-                    message: "the process stopped during this run; the alert ran again".into(),
-                });
-                self.store.put_run(&run)?;
-            }
-        }
-        let mut resumable = Vec::new();
-        for alert_id in &pending {
-            let Some(alert) = self.store.alert(alert_id)? else {
-                self.store.finish_pending(alert_id)?;
-                continue;
-            };
-            let case_id = self.store.case_of_alert(alert_id)?.unwrap_or_default();
-            resumable.push((alert, case_id));
-        }
-        Ok(resumable)
-    }
-
-    /// Runs the playbooks of every alert [`Engine::take_pending`] returns.
-    /// Returns how many alerts were resumed.
-    pub async fn resume_pending(&self) -> Result<usize, EngineError> {
-        let pending = self.take_pending()?;
-        for (alert, case_id) in &pending {
-            self.run_matching(alert, case_id).await?;
-        }
-        Ok(pending.len())
-    }
-
-    /// Runs `playbook` on `alert` for case `case_id`, journaling every step,
-    /// and writes what the run found to the case.
-    pub async fn run_playbook(
-        &self,
-        playbook: &Playbook,
-        alert: &Alert,
-        case_id: &str,
-    ) -> Result<RunRecord, EngineError> {
-        let mut run = RunRecord {
-            id: self.store.next_run_id()?,
-            playbook: playbook.name.clone(),
-            alert_id: alert.id.clone(),
-            case_id: case_id.to_string(),
-            status: RunStatus::Running,
-            started_at: Utc::now(),
-            finished_at: None,
-            steps: Vec::new(),
-            error: None,
-        };
-        self.store.put_run(&run)?;
-
-        let span = tracing::debug_span!("run", run.id = %run.id, playbook = %playbook.name);
-        let mut context = runner::RunContext::new(alert, case_id);
-        let mut journal_error = None;
-        let run_id = run.id.clone();
-        let mut journal = |index: usize, step: &palisade_model::StepRecord| {
-            if let Err(error) = self.store.put_step(&run_id, index, step) {
-                journal_error.get_or_insert(error);
-            }
-        };
-        runner::execute(
-            self.caller.as_ref(),
-            &self.templates,
-            playbook,
-            &mut run,
-            &mut context,
-            &mut journal,
-        )
-        .instrument(span)
-        .await;
-        if let Some(error) = journal_error {
-            return Err(error.into());
-        }
-        self.store.put_run(&run)?;
-        for step in &run.steps {
-            if let Some(error) = &step.error {
-                tracing::warn!(
-                    run.id = %run.id,
-                    step.id = %step.id,
-                    plugin.action = %step.uses,
-                    error.kind = %error.kind,
-                    error = %error.message,
-                    "step failed"
-                );
-            }
-        }
-
-        let (fields, errors) = runner::case_fields(&self.templates, playbook, &context);
-        for error in &errors {
-            tracing::warn!(run.id = %run.id, %error, "case update expression failed");
-        }
-        let key_observable = alert.key_observable.clone();
-        self.store.update_case(case_id, &mut |case| {
-            apply_case_fields(case, &fields, key_observable.as_ref());
-            case.run_ids.push(run.id.clone());
-            let status = serde_json::to_value(run.status).unwrap_or_default();
-            let detail = format!(
-                "run {} of {} {}",
-                run.id,
-                playbook.name,
-                status.as_str().unwrap_or("")
-            );
-            case.record("run_finished", detail, Utc::now());
-            for error in &errors {
-                case.record("case_update_failed", error.clone(), Utc::now());
-            }
-        })?;
-        Ok(run)
     }
 }
 

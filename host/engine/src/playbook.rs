@@ -47,6 +47,88 @@ pub enum OnError {
     Continue,
 }
 
+/// What a restarted host does with a step that was started but not
+/// confirmed finished before the host stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInterrupt {
+    /// Call the plugin again with the same idempotency key. The default for
+    /// actions without side effects.
+    Retry,
+    /// Park the run until a person decides to retry, skip or fail the step.
+    /// The default for actions with side effects, since the first call may
+    /// or may not have taken effect.
+    Park,
+}
+
+/// Error kinds retried when a step's `retry.on` is not given: the failures
+/// that a later attempt may not meet.
+pub const DEFAULT_RETRY_KINDS: &[&str] = &["rate_limited", "timeout", "upstream"];
+
+/// Retries of a failed step. The wait before attempt `n + 1` is `backoff`
+/// times `factor` to the power `n - 1`, at most `max_backoff`, and with
+/// `jitter` a random part of it (from half to all of it) so that runs
+/// failing together do not retry together. The wait is a stored deadline:
+/// a restart does not lose or shorten it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts in all, the first included: 2 to 20.
+    pub attempts: u32,
+    #[serde(default = "default_backoff", deserialize_with = "duration")]
+    pub backoff: std::time::Duration,
+    #[serde(default = "default_factor")]
+    pub factor: u32,
+    #[serde(default = "default_max_backoff", deserialize_with = "duration")]
+    pub max_backoff: std::time::Duration,
+    #[serde(default = "default_jitter")]
+    pub jitter: bool,
+    /// Error kinds to retry, such as `rate_limited`; see
+    /// [`DEFAULT_RETRY_KINDS`].
+    pub on: Option<Vec<String>>,
+}
+
+fn default_backoff() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
+}
+
+fn default_factor() -> u32 {
+    2
+}
+
+fn default_max_backoff() -> std::time::Duration {
+    std::time::Duration::from_secs(600)
+}
+
+fn default_jitter() -> bool {
+    true
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    palisade_model::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+impl Retry {
+    /// Returns whether a failure of kind `kind` is retried.
+    pub fn retries(&self, kind: &str) -> bool {
+        match &self.on {
+            Some(kinds) => kinds.iter().any(|k| k == kind),
+            None => DEFAULT_RETRY_KINDS.contains(&kind),
+        }
+    }
+
+    /// Wait after failed attempt `attempt` (from 1), before jitter.
+    pub fn delay(&self, attempt: u32) -> std::time::Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let factor = u64::from(self.factor).saturating_pow(exponent);
+        let millis = (self.backoff.as_millis() as u64).saturating_mul(factor);
+        std::time::Duration::from_millis(millis).min(self.max_backoff)
+    }
+}
+
 /// One step: a plugin action with templated input.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +143,10 @@ pub struct Step {
     pub with: Value,
     #[serde(default)]
     pub on_error: OnError,
+    pub retry: Option<Retry>,
+    /// Unset means `retry` for actions without side effects and `park` for
+    /// actions with them.
+    pub on_interrupt: Option<OnInterrupt>,
 }
 
 impl Step {
@@ -242,6 +328,20 @@ impl Playbook {
             return Err(format!(
                 "step id {id:?} is used twice; step ids must be unique"
             ));
+        }
+        if let Some(retry) = &step.retry {
+            if !(2..=20).contains(&retry.attempts) {
+                return Err(format!(
+                    "step {id:?}: `retry.attempts: {}` is out of range; give 2 to 20 attempts in all",
+                    retry.attempts
+                ));
+            }
+            if !(1..=10).contains(&retry.factor) {
+                return Err(format!(
+                    "step {id:?}: `retry.factor: {}` is out of range; use 1 to 10",
+                    retry.factor
+                ));
+            }
         }
         let (plugin, action) = step.target();
         if plugin.is_empty() || action.is_empty() {

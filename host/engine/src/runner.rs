@@ -1,15 +1,16 @@
-//! Running a playbook on one alert, step by step, with a journal entry
-//! after every step.
+//! One attempt of one step: evaluate its condition and input, journal it
+//! as started, call the plugin, and return the finished record. The run
+//! loop that orders steps, retries and resumes lives in the engine.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Instant;
 
-use chrono::Utc;
-use palisade_model::{Alert, RunRecord, RunStatus, StepError, StepRecord, StepStatus};
+use chrono::{DateTime, Utc};
+use palisade_model::{Alert, StepError, StepRecord, StepStatus};
 use serde_json::{Map, Value, json};
 
-use crate::playbook::{OnError, Playbook, Step};
+use crate::playbook::{Playbook, Step};
 use crate::template::Templates;
 
 /// Result of one plugin call, as the engine records it.
@@ -22,6 +23,15 @@ pub struct StepOutcome {
     pub http_calls: Value,
 }
 
+/// Who is calling: the run and step, and the step's idempotency key.
+#[derive(Clone, Copy, Debug)]
+pub struct CallInfo<'a> {
+    pub run_id: &'a str,
+    pub step_id: &'a str,
+    /// The same on every attempt of the step, across restarts.
+    pub idempotency_key: Option<&'a str>,
+}
+
 /// Interface through which the engine calls plugins. The host implements
 /// it over the sandboxed runtime, and the engine passes and receives only
 /// JSON.
@@ -31,13 +41,16 @@ pub trait PluginCaller: Send + Sync + 'static {
         plugin: &str,
         action: &str,
         input: &Value,
-        run_id: &str,
-        step_id: &str,
+        call: CallInfo<'_>,
     ) -> impl Future<Output = StepOutcome> + Send;
 
     /// Names of the actions plugin `plugin` offers, or `None` when no such
     /// plugin is loaded.
     fn actions(&self, plugin: &str) -> Option<Vec<String>>;
+
+    /// Whether `plugin.action` changes something outside Palisade, as the
+    /// plugin declares. An unknown action counts as having side effects.
+    fn has_side_effects(&self, plugin: &str, action: &str) -> bool;
 }
 
 /// The expression context of a run: `alert`, `case` and the outputs of the
@@ -75,54 +88,32 @@ impl RunContext {
     }
 }
 
-/// Runs `playbook`'s steps in order and journals every finished step
-/// through `journal`, with its index.
-pub(crate) async fn execute<C: PluginCaller>(
-    caller: &C,
-    templates: &Templates,
-    playbook: &Playbook,
-    run: &mut RunRecord,
-    context: &mut RunContext,
-    journal: &mut (dyn FnMut(usize, &StepRecord) + Send),
-) {
-    for step in &playbook.steps {
-        let record = run_step(caller, templates, step, &run.id, &context.value()).await;
-        let failed = record.status == StepStatus::Failed;
-        if let Some(output) = &record.output {
-            context.add_step_output(&step.id, output);
-        }
-        let error = record.error.clone();
-        journal(run.steps.len(), &record);
-        run.steps.push(record);
-        if failed && step.on_error == OnError::Fail {
-            run.status = RunStatus::Failed;
-            run.error = error.map(|error| StepError {
-                kind: error.kind,
-                message: format!("step {:?} failed: {}", step.id, error.message),
-            });
-            break;
-        }
-    }
-    if run.status == RunStatus::Running {
-        run.status = RunStatus::Succeeded;
-    }
-    run.finished_at = Some(Utc::now());
+/// What [`prepare`] decided for an attempt.
+pub(crate) enum Prepared {
+    /// The step's condition is false, or evaluating it or the input failed:
+    /// the record is final and no plugin is called.
+    Done(StepRecord),
+    /// The input is ready; the record is in the `started` state.
+    Call(StepRecord),
 }
 
-async fn run_step<C: PluginCaller>(
-    caller: &C,
+/// Evaluates the step's condition and input for attempt `attempt`.
+pub(crate) fn prepare(
     templates: &Templates,
     step: &Step,
-    run_id: &str,
     context: &minijinja::Value,
-) -> StepRecord {
-    let started_at = Utc::now();
+    attempt: u32,
+    idempotency_key: &str,
+) -> Prepared {
     let started = Instant::now();
     let mut record = StepRecord {
         id: step.id.clone(),
         uses: step.uses.clone(),
         status: StepStatus::Skipped,
-        started_at,
+        attempt,
+        idempotency_key: Some(idempotency_key.to_string()),
+        retry_at: None,
+        started_at: Utc::now(),
         duration_us: 0,
         plugin_version: None,
         input: Value::Null,
@@ -131,22 +122,37 @@ async fn run_step<C: PluginCaller>(
         logs: Value::Array(Vec::new()),
         http_calls: Value::Array(Vec::new()),
     };
-
     if let Some(condition) = &step.condition {
         match templates.is_true(condition, context) {
             Ok(true) => {}
-            Ok(false) => return record,
-            Err(message) => return failed(record, "expression", message, started),
+            Ok(false) => return Prepared::Done(record),
+            Err(message) => return Prepared::Done(failed(record, "expression", message, started)),
         }
     }
-    let input = match templates.render(&step.with, context) {
-        Ok(input) => input,
-        Err(message) => return failed(record, "expression", message, started),
-    };
+    match templates.render(&step.with, context) {
+        Ok(input) => {
+            record.input = input;
+            record.status = StepStatus::Started;
+            Prepared::Call(record)
+        }
+        Err(message) => Prepared::Done(failed(record, "expression", message, started)),
+    }
+}
 
+/// Calls the plugin for a `started` record and returns it finished.
+pub(crate) async fn call<C: PluginCaller>(
+    caller: &C,
+    step: &Step,
+    run_id: &str,
+    mut record: StepRecord,
+) -> StepRecord {
     let (plugin, action) = step.target();
-    let outcome = caller.call(plugin, action, &input, run_id, &step.id).await;
-    record.input = input;
+    let info = CallInfo {
+        run_id,
+        step_id: &step.id,
+        idempotency_key: record.idempotency_key.as_deref(),
+    };
+    let outcome = caller.call(plugin, action, &record.input, info).await;
     record.plugin_version = outcome.plugin_version;
     record.logs = outcome.logs;
     record.http_calls = outcome.http_calls;
@@ -162,6 +168,41 @@ async fn run_step<C: PluginCaller>(
         }
     }
     record
+}
+
+/// Sets when a failed attempt is tried again, if the step's retry policy
+/// covers the failure and attempts remain.
+pub(crate) fn schedule_retry(step: &Step, record: &mut StepRecord, now: DateTime<Utc>) {
+    let (Some(retry), Some(error)) = (&step.retry, &record.error) else {
+        return;
+    };
+    if record.attempt >= retry.attempts || !retry.retries(&error.kind) {
+        return;
+    }
+    let mut delay = retry.delay(record.attempt);
+    if retry.jitter {
+        // From half the delay to all of it.
+        let half = delay / 2;
+        let spread = half.as_millis() as u64;
+        let random = if spread == 0 { 0 } else { random_u64() % (spread + 1) };
+        delay = half + std::time::Duration::from_millis(random);
+    }
+    let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+    record.retry_at = Some(now + delay);
+}
+
+/// A random number from the standard library's hasher keys, which are
+/// seeded from the operating system; enough to spread retries apart.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.finish()
 }
 
 fn failed(mut record: StepRecord, kind: &str, message: String, started: Instant) -> StepRecord {

@@ -8,13 +8,40 @@ use serde_json::Value;
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Running,
+    /// Waiting for a stored deadline, such as the next attempt of a step
+    /// that failed; `wake_at` says when.
+    Waiting,
+    /// Stopped for a person to decide: a step with side effects was
+    /// started but not confirmed before the host stopped, and its
+    /// `on_interrupt` policy is `park`.
+    Parked,
     Succeeded,
     Failed,
+}
+
+impl RunStatus {
+    /// Returns whether the run has ended and will not change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Waiting => "waiting",
+            Self::Parked => "parked",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
+    /// Journaled before the plugin is called. A step still in this state
+    /// after a restart was interrupted mid-call.
+    Started,
     Succeeded,
     Failed,
     /// The step's condition was false.
@@ -29,13 +56,22 @@ pub struct StepError {
     pub message: String,
 }
 
-/// One finished step of a run.
+/// One attempt of a step of a run, as journaled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub id: String,
     /// `plugin.action` the step called.
     pub uses: String,
     pub status: StepStatus,
+    /// Attempt number, from 1. A retried step has one record per attempt.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// Key passed to the plugin, the same on every attempt of the step.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// When a failed attempt is retried, the time of the next attempt.
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
     pub started_at: DateTime<Utc>,
     pub duration_us: u64,
     /// Plugin version that ran the step.
@@ -60,6 +96,13 @@ pub struct RunRecord {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
-    /// Error that ended the run, when it failed.
+    /// Error that ended the run, when it failed, or why it is parked.
     pub error: Option<StepError>,
+    /// When a waiting run continues.
+    #[serde(default)]
+    pub wake_at: Option<DateTime<Utc>>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }

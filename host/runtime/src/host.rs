@@ -12,7 +12,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Result};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::palisade::plugin::{clock, config, http, key_value, log};
+use crate::bindings::palisade::plugin::{clock, config, http, invocation, key_value, log};
 use crate::outbound::{self, Outbound};
 use crate::policy::Policy;
 use crate::quota::Quotas;
@@ -122,6 +122,8 @@ pub(crate) struct HostState {
     /// End of the call's wall-clock limit. A request waiting for its quota
     /// stops waiting then.
     pub deadline: Option<Instant>,
+    /// Key of the playbook step this call runs, the same on every attempt.
+    pub idempotency_key: Option<String>,
 }
 
 impl HostState {
@@ -144,6 +146,7 @@ impl HostState {
             memory_limit_hit: false,
             resource_limit_hit: false,
             deadline: None,
+            idempotency_key: None,
         }
     }
 
@@ -235,7 +238,21 @@ impl log::Host for HostState {
 }
 
 impl http::Host for HostState {
-    async fn send(&mut self, request: http::Request) -> Result<http::Response, http::HttpError> {
+    async fn send(
+        &mut self,
+        mut request: http::Request,
+    ) -> Result<http::Response, http::HttpError> {
+        if let Some(key) = &self.idempotency_key {
+            let set_by_plugin = request
+                .headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(IDEMPOTENCY_HEADER));
+            if !set_by_plugin {
+                request
+                    .headers
+                    .push((IDEMPOTENCY_HEADER.to_string(), key.clone()));
+            }
+        }
         let method = request.method.clone();
         let url = request.url.clone();
         if let Some(value) = request
@@ -317,6 +334,15 @@ impl config::Host for HostState {
         self.policy.config_value(&key).map(str::to_string)
     }
 }
+
+impl invocation::Host for HostState {
+    fn idempotency_key(&mut self) -> Option<String> {
+        self.idempotency_key.clone()
+    }
+}
+
+/// Header that carries a step's idempotency key to the upstream.
+const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
 impl clock::Host for HostState {
     fn now_ms(&mut self) -> u64 {

@@ -138,6 +138,10 @@ pub struct LoadedPlugin {
 pub struct CallContext {
     pub run_id: String,
     pub step_id: String,
+    /// Key of the playbook step, the same on every attempt. The plugin reads
+    /// it through the `invocation` import, and the host sends it as the
+    /// `Idempotency-Key` header of the call's HTTP requests.
+    pub idempotency_key: Option<String>,
 }
 
 /// Result of a successful call.
@@ -358,7 +362,7 @@ impl Runtime {
             step.id = %context.step_id,
             plugin.name = %plugin,
         );
-        self.invoke_loaded(&loaded, action, input)
+        self.invoke_keyed(&loaded, action, input, context.idempotency_key.clone())
             .instrument(span)
             .await
     }
@@ -373,6 +377,16 @@ impl Runtime {
         loaded: &LoadedPlugin,
         action: &str,
         input: &serde_json::Value,
+    ) -> Result<CallOutput, CallFailure> {
+        self.invoke_keyed(loaded, action, input, None).await
+    }
+
+    async fn invoke_keyed(
+        &self,
+        loaded: &LoadedPlugin,
+        action: &str,
+        input: &serde_json::Value,
+        idempotency_key: Option<String>,
     ) -> Result<CallOutput, CallFailure> {
         let started = Instant::now();
         let limits = loaded.policy.limits().clone();
@@ -411,6 +425,7 @@ impl Runtime {
             self.services.clone(),
         );
         state.deadline = Some(deadline.into_std());
+        state.idempotency_key = idempotency_key;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state);
         limit_cpu_time(&mut store, limits.cpu_ms);

@@ -6,11 +6,18 @@
 //! a database can be read with any tool that opens sled. Writes that must happen together (an
 //! alert and the case it joins) run in one transaction.
 
+mod audit;
+mod correlation;
+mod export;
+mod schema;
 mod sled_store;
 
 use chrono::{DateTime, Utc};
 use palisade_model::{Alert, Case, RunRecord, StepRecord};
 
+pub use audit::{AuditEvent, AuditRecord, AuditVerdict, GENESIS_HASH, record_hash};
+pub use export::{ExportSummary, ImportSummary};
+pub use schema::SCHEMA_VERSION;
 pub use sled_store::SledStore;
 
 /// A storage failure. The message names the record involved.
@@ -30,6 +37,24 @@ pub enum StoreError {
     },
     #[error("{what} {id:?} not found")]
     NotFound { what: &'static str, id: String },
+    #[error(
+        "the database at {path:?} has schema version {found}, but this palisade supports up to version {supported}; upgrade palisade to open it"
+    )]
+    SchemaTooNew {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("migrating the database from schema version {from} to {to} failed: {message}")]
+    Migration { from: u32, to: u32, message: String },
+    #[error(
+        "cannot import into the database at {path:?} because it already contains data; import into a fresh data directory (`--data-dir`)"
+    )]
+    NotEmpty { path: String },
+    #[error("import line {line} is invalid: {message}")]
+    InvalidImport { line: u64, message: String },
+    #[error("{0}")]
+    Io(String),
 }
 
 /// Outcome of ingesting one alert.
@@ -43,9 +68,11 @@ pub struct IngestOutcome {
 
 /// The storage interface of the host.
 pub trait Store: Send + Sync {
-    /// Stores `alert` and adds it to the open case with its fingerprint,
-    /// creating the case if there is none. Ingesting an alert that is already
-    /// stored changes nothing.
+    /// Stores `alert` and adds it to the open case with its fingerprint.
+    /// Failing that, when the store has a correlation window, it adds the
+    /// alert to the open case that shares one of its correlation keys
+    /// within that window. Otherwise it creates a case. Ingesting an alert
+    /// that is already stored changes nothing.
     fn ingest_alert(&self, alert: &Alert, now: DateTime<Utc>) -> Result<IngestOutcome, StoreError>;
 
     /// Ids of alerts that were accepted but whose playbook runs have not
@@ -67,9 +94,9 @@ pub trait Store: Send + Sync {
     fn cases(&self) -> Result<Vec<Case>, StoreError>;
 
     /// Applies `change` to case `id` atomically and returns the new case.
-    /// The case `change` receives has empty `alert_ids`, `timeline` and
-    /// `run_ids`: those lists are append-only, and whatever `change` pushes
-    /// to them is appended to the stored lists.
+    /// The case `change` receives has empty `alert_ids`, `timeline`,
+    /// `run_ids` and `notes`: those lists are append-only, and whatever
+    /// `change` pushes to them is appended to the stored lists.
     fn update_case(&self, id: &str, change: &mut dyn FnMut(&mut Case)) -> Result<Case, StoreError>;
 
     /// Returns a new run id, unique in this database.
@@ -79,6 +106,33 @@ pub trait Store: Send + Sync {
     /// are written one at a time with [`Store::put_step`], so journaling a
     /// step does not rewrite the steps before it.
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError>;
+
+    /// Writes `run`, which must be final, and applies `change` to its case
+    /// in the same transaction, so a run's results reach its case exactly
+    /// once even if the process stops between the two. Returns the case.
+    fn finish_run(
+        &self,
+        run: &RunRecord,
+        change: &mut dyn FnMut(&mut Case),
+    ) -> Result<Case, StoreError>;
+
+    /// Id of the run of `playbook` for alert `alert_id`, if one was started.
+    fn run_of_alert(&self, alert_id: &str, playbook: &str) -> Result<Option<String>, StoreError>;
+
+    /// Runs that are not final (running, waiting or parked), with their
+    /// steps, in id order.
+    fn active_runs(&self) -> Result<Vec<RunRecord>, StoreError>;
+
+    /// Ids and wake times of waiting runs whose wake time is at or before
+    /// `now`, earliest first, at most `limit` of them.
+    fn due_runs(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError>;
+
+    /// Earliest wake time of a waiting run.
+    fn next_wake(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Writes step number `index` (from 0) of run `run_id`.
     fn put_step(&self, run_id: &str, index: usize, step: &StepRecord) -> Result<(), StoreError>;
@@ -113,4 +167,27 @@ pub trait Store: Send + Sync {
 
     /// Returns the names of the stored secrets, sorted by their bytes.
     fn secret_names(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Appends `event` to the hash-chained audit log and returns the stored
+    /// record. Appends are serialised, so concurrent callers never fork the
+    /// chain. The record is on disk after the next [`Store::flush`].
+    fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError>;
+
+    /// Returns up to `limit` audit records whose `seq` is above `after_seq`,
+    /// in ascending order.
+    fn audit_records(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Walks the audit chain from the first record and names the first one
+    /// that is missing, out of place, not JSON or changed.
+    fn verify_audit(&self) -> Result<AuditVerdict, StoreError>;
+
+    /// Writes every record as JSON lines to `out`: a header, one line per
+    /// record, and an end line with the record count. The `export` module
+    /// of this crate documents the line format.
+    fn export(&self, out: &mut dyn std::io::Write) -> Result<ExportSummary, StoreError>;
+
+    /// Reads an export written by [`Store::export`] into this database,
+    /// which must be empty, and verifies the audit chain it brought in. On
+    /// failure the database is emptied again.
+    fn import(&self, input: &mut dyn std::io::BufRead) -> Result<ImportSummary, StoreError>;
 }

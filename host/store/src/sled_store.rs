@@ -6,21 +6,33 @@
 //! - `cases`: case id (`C` and eight digits, in creation order) to the case,
 //!   and the case counter under a key that sorts last;
 //! - `case_items`: case id, a zero byte, a list tag (0 alert ids, 1
-//!   timeline, 2 run ids) and an index (big-endian `u32`) to one item of
-//!   that list;
+//!   timeline, 2 run ids, 3 notes) and an index (big-endian `u32`) to one
+//!   item of that list;
 //! - `open_cases`: fingerprint to the id of the open case with it;
+//! - `correlation`: correlation key to the case that last took an alert
+//!   with it and that alert's event time (see [`crate::correlation`]);
 //! - `pending`: sequence number to the id of an accepted alert whose runs
 //!   have not finished;
 //! - `runs`: run id (`R` and eight digits) to the run record without its
 //!   steps;
 //! - `run_steps`: run id, a zero byte and the step index (big-endian `u32`)
 //!   to the step record;
+//! - `alert_runs`: alert id, a zero byte and the playbook name to the id of
+//!   the run of that playbook for that alert;
+//! - `active_runs`: id of a run that is not final to its status and wake
+//!   time;
+//! - `timers`: wake time (milliseconds since the epoch, big-endian `i64`)
+//!   and run id to nothing, one entry per waiting run;
 //! - `counters`: sequence name to the last number handed out;
 //! - `kv`: plugin name, a zero byte, then the plugin's key, to the value;
 //! - `secrets`: secret name to its encrypted record, which the store does
-//!   not read.
+//!   not read;
+//! - `audit`: sequence number (big-endian `u64`) to an audit record (see
+//!   [`crate::audit`]);
+//! - `meta`: `schema_version` to the layout version (see [`crate::schema`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use palisade_model::{Alert, Case, CaseStatus, RunRecord, RunStatus, StepError, StepRecord};
@@ -29,7 +41,12 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use crate::{IngestOutcome, Store, StoreError};
+use crate::audit::{AUDIT_TREE, AuditLog};
+use crate::correlation::{self, CORRELATION_TREE};
+use crate::{
+    AuditEvent, AuditRecord, AuditVerdict, ExportSummary, ImportSummary, IngestOutcome, Store,
+    StoreError,
+};
 
 /// A [`Store`] on an embedded sled database.
 pub struct SledStore {
@@ -38,21 +55,32 @@ pub struct SledStore {
     alert_cases: sled::Tree,
     cases: sled::Tree,
     open_cases: sled::Tree,
+    correlation: sled::Tree,
+    /// Greatest distance in event time at which an alert joins a case by a
+    /// shared correlation key; zero turns key correlation off.
+    correlation_window: Duration,
     pending: sled::Tree,
     case_items: sled::Tree,
     runs: sled::Tree,
     run_steps: sled::Tree,
+    alert_runs: sled::Tree,
+    active_runs: sled::Tree,
+    timers: sled::Tree,
     kv: sled::Tree,
     counters: sled::Tree,
     secrets: sled::Tree,
+    audit: AuditLog,
+    path: PathBuf,
 }
 
 /// Key of the case counter in the `cases` tree. It sorts after every case
 /// id, which starts with `C`.
-const CASE_COUNTER: &[u8] = b"~case-counter";
+pub(crate) const CASE_COUNTER: &[u8] = b"~case-counter";
 
 impl SledStore {
-    /// Opens or creates the database in directory `path`.
+    /// Opens or creates the database in directory `path` and migrates it
+    /// to the current schema version. A database written by a newer
+    /// palisade is rejected.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
@@ -61,21 +89,37 @@ impl SledStore {
                 path: path.display().to_string(),
                 message: error.to_string(),
             })?;
+        crate::schema::prepare(&db, path)?;
         let tree = |name: &str| db.open_tree(name).map_err(database);
         Ok(Self {
             alerts: tree("alerts")?,
             alert_cases: tree("alert_cases")?,
             cases: tree("cases")?,
             open_cases: tree("open_cases")?,
+            correlation: tree(CORRELATION_TREE)?,
+            correlation_window: Duration::ZERO,
             pending: tree("pending")?,
             case_items: tree("case_items")?,
             runs: tree("runs")?,
             run_steps: tree("run_steps")?,
+            alert_runs: tree("alert_runs")?,
+            active_runs: tree("active_runs")?,
+            timers: tree("timers")?,
             kv: tree("kv")?,
             counters: tree("counters")?,
             secrets: tree("secrets")?,
+            audit: AuditLog::open(tree(AUDIT_TREE)?)?,
+            path: path.to_path_buf(),
             db,
         })
+    }
+
+    /// Sets how far apart in event time two alerts with a shared
+    /// correlation key may be and still join one case. The default, zero,
+    /// groups alerts by fingerprint only.
+    pub fn with_correlation_window(mut self, window: Duration) -> Self {
+        self.correlation_window = window;
+        self
     }
 
     fn next_sequence(&self, name: &str) -> Result<u64, StoreError> {
@@ -96,11 +140,14 @@ struct ListLengths {
     alert_ids: u32,
     timeline: u32,
     run_ids: u32,
+    /// Absent in records written before cases had notes.
+    #[serde(default)]
+    notes: u32,
 }
 
-/// A case as stored in the `cases` tree. Its alert ids, timeline and run ids
-/// are empty here and kept in `case_items`, one entry each, so adding an
-/// alert to a large case does not rewrite all the earlier ones.
+/// A case as stored in the `cases` tree. Its alert ids, timeline, run ids
+/// and notes are empty here and kept in `case_items`, one entry each, so
+/// adding an alert to a large case does not rewrite all the earlier ones.
 #[derive(Serialize, Deserialize)]
 struct StoredCase {
     #[serde(flatten)]
@@ -109,9 +156,10 @@ struct StoredCase {
 }
 
 /// The append-only lists of a case, by their tag byte in `case_items` keys.
-const ALERT_IDS: u8 = 0;
+pub(crate) const ALERT_IDS: u8 = 0;
 const TIMELINE: u8 = 1;
 const RUN_IDS: u8 = 2;
+const NOTES: u8 = 3;
 
 /// Key of item `index` of list `tag` of a case: the case id, a zero byte,
 /// the tag and the index in big-endian, so a list's items sort in order.
@@ -153,6 +201,10 @@ fn write_case(
         )?;
         lists.run_ids += 1;
     }
+    for note in std::mem::take(&mut case.notes) {
+        case_items.insert(case_item_key(&case.id, NOTES, lists.notes), encode(&note))?;
+        lists.notes += 1;
+    }
     let key = case.id.clone();
     cases.insert(key.as_bytes(), encode(&StoredCase { case, lists }))?;
     Ok(())
@@ -160,7 +212,7 @@ fn write_case(
 
 impl SledStore {
     /// Reads a stored case and fills in its lists from `case_items`.
-    fn assemble_case(&self, key: &[u8], bytes: &[u8]) -> Result<Case, StoreError> {
+    pub(crate) fn assemble_case(&self, key: &[u8], bytes: &[u8]) -> Result<Case, StoreError> {
         let StoredCase { mut case, .. } = decode("cases", key, bytes)?;
         let mut prefix = key.to_vec();
         prefix.push(0);
@@ -174,6 +226,7 @@ impl SledStore {
                 Some(&RUN_IDS) => case
                     .run_ids
                     .push(String::from_utf8_lossy(&value).into_owned()),
+                Some(&NOTES) => case.notes.push(decode("case_items", &item_key, &value)?),
                 _ => {}
             }
         }
@@ -192,6 +245,7 @@ struct RunHeader<'a> {
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
     error: &'a Option<StepError>,
+    wake_at: Option<DateTime<Utc>>,
 }
 
 impl<'a> From<&'a RunRecord> for RunHeader<'a> {
@@ -205,6 +259,7 @@ impl<'a> From<&'a RunRecord> for RunHeader<'a> {
             started_at: run.started_at,
             finished_at: run.finished_at,
             error: &run.error,
+            wake_at: run.wake_at,
         }
     }
 }
@@ -219,8 +274,79 @@ fn step_key(run_id: &str, index: usize) -> Vec<u8> {
     key
 }
 
+/// Entry of a run in `active_runs`.
+#[derive(Serialize, Deserialize)]
+struct ActiveRun {
+    status: RunStatus,
+    wake_at: Option<DateTime<Utc>>,
+}
+
+fn alert_run_key(alert_id: &str, playbook: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(alert_id.len() + 1 + playbook.len());
+    key.extend_from_slice(alert_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(playbook.as_bytes());
+    key
+}
+
+fn timer_key(at: DateTime<Utc>, run_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + run_id.len());
+    key.extend_from_slice(&at.timestamp_millis().to_be_bytes());
+    key.extend_from_slice(run_id.as_bytes());
+    key
+}
+
+fn timer_time(key: &[u8]) -> Option<DateTime<Utc>> {
+    let millis = i64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    DateTime::from_timestamp_millis(millis)
+}
+
 impl SledStore {
-    fn assemble_run(&self, key: &[u8], header: &[u8]) -> Result<RunRecord, StoreError> {
+    /// Updates `alert_runs`, `active_runs` and `timers` for `run`, whose
+    /// header was just written. The run header is written first, so after
+    /// a crash an index entry never names a run that is missing.
+    fn index_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.alert_runs
+            .insert(
+                alert_run_key(&run.alert_id, &run.playbook),
+                run.id.as_bytes(),
+            )
+            .map_err(database)?;
+        let previous = self
+            .active_runs
+            .get(run.id.as_bytes())
+            .map_err(database)?
+            .and_then(|bytes| serde_json::from_slice::<ActiveRun>(&bytes).ok());
+        if let Some(at) = previous.and_then(|active| active.wake_at) {
+            if run.status != RunStatus::Waiting || run.wake_at != Some(at) {
+                self.timers
+                    .remove(timer_key(at, &run.id))
+                    .map_err(database)?;
+            }
+        }
+        if run.status.is_final() {
+            self.active_runs
+                .remove(run.id.as_bytes())
+                .map_err(database)?;
+            return Ok(());
+        }
+        let wake_at = run.wake_at.filter(|_| run.status == RunStatus::Waiting);
+        let entry = ActiveRun {
+            status: run.status,
+            wake_at,
+        };
+        self.active_runs
+            .insert(run.id.as_bytes(), encode(&entry))
+            .map_err(database)?;
+        if let Some(at) = wake_at {
+            self.timers
+                .insert(timer_key(at, &run.id), &[])
+                .map_err(database)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn assemble_run(&self, key: &[u8], header: &[u8]) -> Result<RunRecord, StoreError> {
         let mut run: RunRecord = decode("runs", key, header)?;
         let mut prefix = key.to_vec();
         prefix.push(0);
@@ -259,16 +385,21 @@ fn decode<T: DeserializeOwned>(
     })
 }
 
-fn new_case(id: String, alert: &Alert, now: DateTime<Utc>) -> Case {
-    let title = if alert.rule.name.is_empty() {
+/// Returns the title a case takes from `alert`: its rule name, or the
+/// source and rule id when the rule has no name.
+fn case_title(alert: &Alert) -> String {
+    if alert.rule.name.is_empty() {
         format!("{} rule {}", alert.source, alert.rule.id)
     } else {
         alert.rule.name.clone()
-    };
+    }
+}
+
+fn new_case(id: String, alert: &Alert, now: DateTime<Utc>) -> Case {
     let mut case = Case {
         id,
         fingerprint: alert.fingerprint.clone(),
-        title,
+        title: case_title(alert),
         status: CaseStatus::New,
         source: alert.source.clone(),
         rule: alert.rule.clone(),
@@ -283,9 +414,51 @@ fn new_case(id: String, alert: &Alert, now: DateTime<Utc>) -> Case {
         verdicts: Vec::new(),
         run_ids: Vec::new(),
         timeline: Vec::new(),
+        assignee: None,
+        tags: Vec::new(),
+        notes: Vec::new(),
+        tasks: Vec::new(),
+        acknowledged_at: None,
+        resolved_at: None,
+        sla: None,
     };
     case.record("case_opened", format!("opened for alert {}", alert.id), now);
     case
+}
+
+/// Applies `change` to case `id` inside a transaction and writes it back.
+/// A case that leaves the open states stops taking new alerts, and a case
+/// reopened takes its fingerprint back unless another open case has it.
+fn change_case(
+    cases: &TransactionalTree,
+    case_items: &TransactionalTree,
+    open_cases: &TransactionalTree,
+    id: &str,
+    change: &mut dyn FnMut(&mut Case),
+) -> Result<Case, ConflictableTransactionError<StoreError>> {
+    let not_found = || {
+        ConflictableTransactionError::Abort(StoreError::NotFound {
+            what: "case",
+            id: id.to_string(),
+        })
+    };
+    if id.as_bytes() == CASE_COUNTER {
+        return Err(not_found());
+    }
+    let bytes = cases.get(id.as_bytes())?.ok_or_else(not_found)?;
+    let StoredCase { mut case, lists } =
+        decode("cases", id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
+    change(&mut case);
+    write_case(cases, case_items, case.clone(), lists)?;
+    let indexed = open_cases.get(case.fingerprint.as_bytes())?;
+    if !case.status.is_open() {
+        if indexed.as_deref() == Some(id.as_bytes()) {
+            open_cases.remove(case.fingerprint.as_bytes())?;
+        }
+    } else if indexed.is_none() {
+        open_cases.insert(case.fingerprint.as_bytes(), id.as_bytes())?;
+    }
+    Ok(case)
 }
 
 fn kv_key(namespace: &str, key: &str) -> Vec<u8> {
@@ -301,6 +474,13 @@ impl Store for SledStore {
         let alert_bytes = encode(alert);
         // Reserved outside the transaction, which may run more than once.
         let pending_key = self.db.generate_id().map_err(database)?.to_be_bytes();
+        let correlate = !self.correlation_window.is_zero();
+        let keys = if correlate {
+            alert.correlation_keys()
+        } else {
+            Vec::new()
+        };
+        let event_time = alert.time.to_utc();
         let trees = (
             &self.alerts,
             &self.alert_cases,
@@ -308,9 +488,10 @@ impl Store for SledStore {
             &self.case_items,
             &self.open_cases,
             &self.pending,
+            &self.correlation,
         );
         let result = trees.transaction(
-            |(alerts, alert_cases, cases, case_items, open_cases, pending)| {
+            |(alerts, alert_cases, cases, case_items, open_cases, pending, correlation)| {
                 if alerts.get(alert.id.as_bytes())?.is_some() {
                     let case_id = alert_cases
                         .get(alert.id.as_bytes())?
@@ -322,7 +503,20 @@ impl Store for SledStore {
                         case_is_new: false,
                     });
                 }
-                let existing = match open_cases.get(alert.fingerprint.as_bytes())? {
+                let mut joined_by = None;
+                let mut case_id = open_cases
+                    .get(alert.fingerprint.as_bytes())?
+                    .map(|id| id.to_vec());
+                if case_id.is_none() && !keys.is_empty() {
+                    let window = self.correlation_window;
+                    if let Some((id, key)) =
+                        correlation::find_case(correlation, cases, &keys, event_time, window)?
+                    {
+                        case_id = Some(id.into_bytes());
+                        joined_by = Some(key);
+                    }
+                }
+                let existing = match case_id {
                     Some(case_id) => cases
                         .get(&case_id)?
                         .map(|bytes| decode::<StoredCase>("cases", &case_id, &bytes))
@@ -345,18 +539,33 @@ impl Store for SledStore {
                     }
                 };
                 case.alert_ids.push(alert.id.clone());
+                let mut detail = format!("alert {} ({})", alert.id, alert.rule.name);
+                if let Some(key) = &joined_by {
+                    detail.push_str(&format!(" joined by correlation key {key}"));
+                    // A case opened by context, such as a Suricata flow
+                    // event, is named after the first more severe alert
+                    // that joins it. The fingerprint stays the opener's.
+                    if alert.severity > case.severity {
+                        let title = case_title(alert);
+                        let retitle = format!("{:?} -> {title:?}", case.title);
+                        case.title = title;
+                        case.rule = alert.rule.clone();
+                        case.record("retitled", retitle, now);
+                    }
+                }
                 case.severity = case.severity.max(alert.severity);
-                case.record(
-                    "alert_added",
-                    format!("alert {} ({})", alert.id, alert.rule.name),
-                    now,
-                );
+                case.record("alert_added", detail, now);
 
                 alerts.insert(alert.id.as_bytes(), alert_bytes.as_slice())?;
                 alert_cases.insert(alert.id.as_bytes(), case.id.as_bytes())?;
                 write_case(cases, case_items, case.clone(), lists)?;
-                open_cases.insert(alert.fingerprint.as_bytes(), case.id.as_bytes())?;
+                // Only a case's own fingerprint is indexed, because closing
+                // the case removes only that entry.
+                if joined_by.is_none() {
+                    open_cases.insert(alert.fingerprint.as_bytes(), case.id.as_bytes())?;
+                }
                 pending.insert(&pending_key, alert.id.as_bytes())?;
+                correlation::record_keys(correlation, &keys, &case.id, event_time)?;
                 Ok(IngestOutcome {
                     alert_is_new: true,
                     case_id: case.id,
@@ -428,27 +637,9 @@ impl Store for SledStore {
         let change = std::cell::RefCell::new(change);
         let trees = (&self.cases, &self.case_items, &self.open_cases);
         let result = trees.transaction(|(cases, case_items, open_cases)| {
-            let not_found = || {
-                ConflictableTransactionError::Abort(StoreError::NotFound {
-                    what: "case",
-                    id: id.to_string(),
-                })
-            };
-            if id.as_bytes() == CASE_COUNTER {
-                return Err(not_found());
-            }
-            let bytes = cases.get(id.as_bytes())?.ok_or_else(not_found)?;
-            let StoredCase { mut case, lists } = decode("cases", id.as_bytes(), &bytes)
-                .map_err(ConflictableTransactionError::Abort)?;
-            (change.borrow_mut())(&mut case);
-            write_case(cases, case_items, case.clone(), lists)?;
-            if !case.status.is_open() {
-                let indexed = open_cases.get(case.fingerprint.as_bytes())?;
-                if indexed.as_deref() == Some(id.as_bytes()) {
-                    open_cases.remove(case.fingerprint.as_bytes())?;
-                }
-            }
-            Ok(case)
+            change_case(cases, case_items, open_cases, id, &mut |case| {
+                (change.borrow_mut())(case)
+            })
         });
         let updated = result.map_err(transaction_error)?;
         self.case(&updated.id)?.ok_or_else(|| StoreError::NotFound {
@@ -466,7 +657,100 @@ impl Store for SledStore {
         self.runs
             .insert(run.id.as_bytes(), encode(&header))
             .map_err(database)?;
-        Ok(())
+        self.index_run(run)
+    }
+
+    fn finish_run(
+        &self,
+        run: &RunRecord,
+        change: &mut dyn FnMut(&mut Case),
+    ) -> Result<Case, StoreError> {
+        if !run.status.is_final() {
+            return Err(StoreError::Database(format!(
+                "run {} is {}, not final; write it with put_run",
+                run.id,
+                run.status.as_str()
+            )));
+        }
+        let header = encode(&RunHeader::from(run));
+        let change = std::cell::RefCell::new(change);
+        let trees = (
+            &self.runs,
+            &self.active_runs,
+            &self.timers,
+            &self.cases,
+            &self.case_items,
+            &self.open_cases,
+        );
+        let result = trees.transaction(
+            |(runs, active_runs, timers, cases, case_items, open_cases)| {
+                runs.insert(run.id.as_bytes(), header.as_slice())?;
+                let previous = active_runs
+                    .remove(run.id.as_bytes())?
+                    .and_then(|bytes| serde_json::from_slice::<ActiveRun>(&bytes).ok());
+                if let Some(at) = previous.and_then(|active| active.wake_at) {
+                    timers.remove(timer_key(at, &run.id))?;
+                }
+                change_case(cases, case_items, open_cases, &run.case_id, &mut |case| {
+                    (change.borrow_mut())(case)
+                })
+            },
+        );
+        result.map_err(transaction_error)?;
+        self.alert_runs
+            .insert(
+                alert_run_key(&run.alert_id, &run.playbook),
+                run.id.as_bytes(),
+            )
+            .map_err(database)?;
+        self.case(&run.case_id)?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "case",
+                id: run.case_id.clone(),
+            })
+    }
+
+    fn run_of_alert(&self, alert_id: &str, playbook: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .alert_runs
+            .get(alert_run_key(alert_id, playbook))
+            .map_err(database)?
+            .map(|id| String::from_utf8_lossy(&id).into_owned()))
+    }
+
+    fn active_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut runs = Vec::new();
+        for entry in self.active_runs.iter().keys() {
+            let id = entry.map_err(database)?;
+            if let Some(bytes) = self.runs.get(&id).map_err(database)? {
+                runs.push(self.assemble_run(&id, &bytes)?);
+            }
+        }
+        Ok(runs)
+    }
+
+    fn due_runs(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let end = (now.timestamp_millis() + 1).to_be_bytes();
+        let mut due = Vec::new();
+        for key in self.timers.range(..end.as_slice()).keys().take(limit) {
+            let key = key.map_err(database)?;
+            if let Some(at) = timer_time(&key) {
+                due.push((String::from_utf8_lossy(&key[8..]).into_owned(), at));
+            }
+        }
+        Ok(due)
+    }
+
+    fn next_wake(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self
+            .timers
+            .first()
+            .map_err(database)?
+            .and_then(|(key, _)| timer_time(&key)))
     }
 
     fn put_step(&self, run_id: &str, index: usize, step: &StepRecord) -> Result<(), StoreError> {
@@ -560,6 +844,65 @@ impl Store for SledStore {
             .keys()
             .map(|key| Ok(String::from_utf8_lossy(&key.map_err(database)?).into_owned()))
             .collect()
+    }
+
+    fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
+        self.audit.append(event)
+    }
+
+    fn audit_records(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.audit.records(after_seq, limit)
+    }
+
+    fn verify_audit(&self) -> Result<AuditVerdict, StoreError> {
+        self.audit.verify()
+    }
+
+    fn export(&self, out: &mut dyn std::io::Write) -> Result<ExportSummary, StoreError> {
+        crate::export::export(self, out)
+    }
+
+    fn import(&self, input: &mut dyn std::io::BufRead) -> Result<ImportSummary, StoreError> {
+        crate::export::import(self, input)
+    }
+}
+
+/// Whole-record access for export and import.
+impl SledStore {
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Directory of the database.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Writes `case` with every item of its lists, as a case not stored
+    /// before.
+    pub(crate) fn restore_case(&self, case: Case) -> Result<(), StoreError> {
+        (&self.cases, &self.case_items)
+            .transaction(|(cases, case_items)| {
+                write_case(cases, case_items, case.clone(), ListLengths::default())
+            })
+            .map_err(transaction_error)
+    }
+
+    /// Writes `run` and its steps, numbered from 0 in list order. The
+    /// indexes of runs are not written here; an export carries them as
+    /// `raw` lines.
+    pub(crate) fn restore_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.runs
+            .insert(run.id.as_bytes(), encode(&RunHeader::from(run)))
+            .map_err(database)?;
+        for (index, step) in run.steps.iter().enumerate() {
+            self.put_step(&run.id, index, step)?;
+        }
+        Ok(())
     }
 }
 
@@ -707,6 +1050,9 @@ mod tests {
             id: id.into(),
             uses: "noop.echo".into(),
             status: palisade_model::StepStatus::Succeeded,
+            attempt: 1,
+            idempotency_key: None,
+            retry_at: None,
             started_at: Utc::now(),
             duration_us: 1,
             plugin_version: None,
@@ -732,6 +1078,7 @@ mod tests {
             finished_at: None,
             steps: Vec::new(),
             error: None,
+            wake_at: None,
         };
         store.put_run(&run).unwrap();
         // Indexes past 255 check that steps sort by number, not by text.
@@ -749,6 +1096,91 @@ mod tests {
         assert_eq!(ids, ["s0", "s1", "s2", "s300"]);
         assert_eq!(store.runs().unwrap(), vec![stored]);
         assert!(store.run("R00000002").unwrap().is_none());
+    }
+
+    fn new_run(id: &str, alert_id: &str, case_id: &str) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            playbook: "p".into(),
+            alert_id: alert_id.into(),
+            case_id: case_id.into(),
+            status: RunStatus::Running,
+            started_at: Utc::now(),
+            finished_at: None,
+            steps: Vec::new(),
+            error: None,
+            wake_at: None,
+        }
+    }
+
+    #[test]
+    fn active_runs_and_timers_follow_the_run_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let case_id = store.ingest_alert(&alert(FIM), Utc::now()).unwrap().case_id;
+        let mut first = new_run("R00000001", "a1", &case_id);
+        let mut second = new_run("R00000002", "a2", &case_id);
+        store.put_run(&first).unwrap();
+        store.put_run(&second).unwrap();
+        assert_eq!(
+            store.run_of_alert("a1", "p").unwrap().as_deref(),
+            Some("R00000001")
+        );
+        assert!(store.run_of_alert("a1", "other").unwrap().is_none());
+
+        let now = Utc::now();
+        let soon = now + chrono::Duration::seconds(5);
+        first.status = RunStatus::Waiting;
+        first.wake_at = Some(soon);
+        store.put_run(&first).unwrap();
+        assert!(store.due_runs(now, 10).unwrap().is_empty());
+        assert_eq!(
+            store.next_wake().unwrap().map(|at| at.timestamp_millis()),
+            Some(soon.timestamp_millis())
+        );
+        let due = store.due_runs(soon, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0, "R00000001");
+
+        // Waiting again with a new deadline replaces the old timer.
+        let later = soon + chrono::Duration::seconds(5);
+        first.wake_at = Some(later);
+        store.put_run(&first).unwrap();
+        assert!(store.due_runs(soon, 10).unwrap().is_empty());
+        assert_eq!(store.due_runs(later, 10).unwrap().len(), 1);
+
+        let active: Vec<String> = store
+            .active_runs()
+            .unwrap()
+            .into_iter()
+            .map(|run| run.id)
+            .collect();
+        assert_eq!(active, ["R00000001", "R00000002"]);
+
+        // Finishing writes the run and the case together and drops the
+        // run from the active list and the timers.
+        first.status = RunStatus::Succeeded;
+        first.wake_at = None;
+        let case = store
+            .finish_run(&first, &mut |case| case.run_ids.push("R00000001".into()))
+            .unwrap();
+        assert_eq!(case.run_ids, ["R00000001"]);
+        assert!(store.next_wake().unwrap().is_none());
+        let active: Vec<String> = store
+            .active_runs()
+            .unwrap()
+            .into_iter()
+            .map(|run| run.id)
+            .collect();
+        assert_eq!(active, ["R00000002"]);
+        assert_eq!(
+            store.run("R00000001").unwrap().unwrap().status,
+            RunStatus::Succeeded
+        );
+
+        // A run that is not final cannot be finished.
+        second.status = RunStatus::Parked;
+        assert!(store.finish_run(&second, &mut |_| {}).is_err());
     }
 
     #[test]

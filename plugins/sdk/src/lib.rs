@@ -240,3 +240,14 @@ pub mod clock {
         crate::bindings::palisade::plugin::clock::now_ms()
     }
 }
+
+/// Facts about the call in progress.
+pub mod invocation {
+    /// Key of the playbook step this call runs, the same on every attempt,
+    /// or `None` outside a playbook run. Send it to an upstream that
+    /// deduplicates requests so a retried step does not act twice. The
+    /// host already sends it as the `Idempotency-Key` header.
+    pub fn idempotency_key() -> Option<String> {
+        crate::bindings::palisade::plugin::invocation::idempotency_key()
+    }
+}

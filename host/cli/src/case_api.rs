@@ -1,0 +1,281 @@
+//! The case routes of the HTTP API. Each handler parses the request and
+//! calls [`CaseService`], off the async threads because the service writes
+//! to the database and flushes it.
+//!
+//! - `GET /v1/cases?status=&severity=&assignee=&tag=&breached=&text=`
+//! - `GET /v1/cases/stats?since=7d`
+//! - `GET /v1/cases/{id}` and `PATCH /v1/cases/{id}`
+//! - `POST /v1/cases/{id}/comments` with `{"text"}`
+//! - `POST /v1/cases/{id}/tasks` with `{"title"}`, which returns
+//!   `{"task_id", "case"}`
+//! - `POST /v1/cases/{id}/tasks/{task}/done`
+//!
+//! The other routes return the case, or the list of cases, with its SLA
+//! view. A write names its actor in the body's `actor`, else in
+//! `?actor=`, else it is `api`. Bodies are JSON whatever their content
+//! type, and an empty body is an empty object.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use palisade_engine::{CaseEdit, CaseError, CaseFilter, CaseQuery, CaseService};
+use palisade_model::parse_duration;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::server::{ApiError, internal};
+
+/// Actor of a write that names none.
+pub const DEFAULT_ACTOR: &str = "api";
+
+/// Period of `GET /v1/cases/stats` without `since`.
+const DEFAULT_STATS_PERIOD: &str = "7d";
+
+/// Returns the case routes for a router whose state provides the service.
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<CaseService>: FromRef<S>,
+{
+    Router::new()
+        .route("/v1/cases", get(list_cases))
+        .route("/v1/cases/stats", get(case_stats))
+        .route("/v1/cases/{id}", get(show_case).patch(update_case))
+        .route("/v1/cases/{id}/comments", post(add_comment))
+        .route("/v1/cases/{id}/tasks", post(add_task))
+        .route("/v1/cases/{id}/tasks/{task}/done", post(complete_task))
+}
+
+fn bad_request(code: &'static str, message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message,
+    }
+}
+
+impl From<CaseError> for ApiError {
+    fn from(error: CaseError) -> Self {
+        match error {
+            CaseError::NotFound(_) => ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                message: error.to_string(),
+            },
+            CaseError::Invalid(message) => bad_request("invalid_request", message),
+            CaseError::Store(_) | CaseError::Audit { .. } => {
+                // The chain names the store failure under the summary.
+                let chain = anyhow::Error::from(error);
+                internal(format!("{chain:#}"))
+            }
+        }
+    }
+}
+
+/// Runs `work` on the blocking pool and converts its result to JSON.
+async fn blocking<T, F>(status: StatusCode, work: F) -> Result<(StatusCode, Json<Value>), ApiError>
+where
+    T: serde::Serialize,
+    F: FnOnce() -> Result<T, CaseError> + Send + 'static,
+    T: Send + 'static,
+{
+    let value = tokio::task::spawn_blocking(work)
+        .await
+        .map_err(internal)??;
+    Ok((status, Json(serde_json::to_value(value).map_err(internal)?)))
+}
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    bad_request("invalid_query", rejection.body_text())
+}
+
+/// `?actor=` of a write.
+#[derive(Debug, Default, Deserialize)]
+struct ActorQuery {
+    actor: Option<String>,
+}
+
+/// Reads a JSON object body, which may be empty, and takes `actor` out of
+/// it. The actor falls back to `?actor=`, then to [`DEFAULT_ACTOR`].
+fn take_actor(
+    body: Result<Bytes, BytesRejection>,
+    query: Result<Query<ActorQuery>, QueryRejection>,
+) -> Result<(Map<String, Value>, String), ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let body = body.map_err(|rejection| bad_request("invalid_body", rejection.body_text()))?;
+    let parsed = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Map::new())
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            bad_request(
+                "invalid_body",
+                format!("the body is not valid JSON: {error}"),
+            )
+        })?
+    };
+    let Value::Object(mut fields) = parsed else {
+        return Err(bad_request(
+            "invalid_body",
+            format!(
+                "the body is {parsed}, not a JSON object; send an object such as {{\"actor\": \"ana\"}}"
+            ),
+        ));
+    };
+    let actor = match fields.remove("actor") {
+        None | Some(Value::Null) => query.actor.unwrap_or_else(|| DEFAULT_ACTOR.into()),
+        Some(Value::String(actor)) => actor,
+        Some(other) => {
+            return Err(bad_request(
+                "invalid_body",
+                format!("`actor` is {other}, not a string; send the name of who acts"),
+            ));
+        }
+    };
+    Ok((fields, actor))
+}
+
+/// Reads the text field `name` of `fields` and rejects any other field.
+fn text_field(mut fields: Map<String, Value>, name: &str) -> Result<String, ApiError> {
+    let value = match fields.remove(name) {
+        Some(Value::String(text)) => text,
+        Some(other) => {
+            return Err(bad_request(
+                "invalid_body",
+                format!("`{name}` is {other}, not a string"),
+            ));
+        }
+        None => {
+            return Err(bad_request(
+                "invalid_body",
+                format!("the body has no `{name}`; send {{\"{name}\": \"...\"}}"),
+            ));
+        }
+    };
+    if let Some(unknown) = fields.keys().next() {
+        return Err(bad_request(
+            "invalid_body",
+            format!("unknown field `{unknown}`; the body takes `{name}` and `actor`"),
+        ));
+    }
+    Ok(value)
+}
+
+async fn list_cases(
+    State(service): State<Arc<CaseService>>,
+    query: Result<Query<CaseQuery>, QueryRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let filter = CaseFilter::parse(&query)?;
+    blocking(StatusCode::OK, move || service.list(&filter, Utc::now())).await
+}
+
+async fn show_case(
+    State(service): State<Arc<CaseService>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    blocking(StatusCode::OK, move || service.case(&id, Utc::now())).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    since: Option<String>,
+}
+
+async fn case_stats(
+    State(service): State<Arc<CaseService>>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let text = query.since.as_deref().unwrap_or(DEFAULT_STATS_PERIOD);
+    let period = parse_duration(text)
+        .ok()
+        .and_then(|period| chrono::Duration::from_std(period).ok())
+        .filter(|period| !period.is_zero())
+        .ok_or_else(|| {
+            bad_request(
+                "invalid_query",
+                format!(
+                    "since {text:?} is not a period; write how far back to count, such as 24h, 7d or 30d"
+                ),
+            )
+        })?;
+    blocking(StatusCode::OK, move || {
+        let now = Utc::now();
+        service.stats(now - period, now)
+    })
+    .await
+}
+
+async fn update_case(
+    State(service): State<Arc<CaseService>>,
+    Path(id): Path<String>,
+    query: Result<Query<ActorQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (fields, actor) = take_actor(body, query)?;
+    let edit: CaseEdit = serde_json::from_value(Value::Object(fields)).map_err(|error| {
+        bad_request(
+            "invalid_body",
+            format!("invalid case update: {error}; send status, assignee, add_tags, remove_tags, priority, severity or actor"),
+        )
+    })?;
+    blocking(StatusCode::OK, move || {
+        service.update(&id, &edit, &actor, Utc::now())
+    })
+    .await
+}
+
+async fn add_comment(
+    State(service): State<Arc<CaseService>>,
+    Path(id): Path<String>,
+    query: Result<Query<ActorQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (fields, actor) = take_actor(body, query)?;
+    let text = text_field(fields, "text")?;
+    blocking(StatusCode::CREATED, move || {
+        service.comment(&id, &actor, &text, Utc::now())
+    })
+    .await
+}
+
+async fn add_task(
+    State(service): State<Arc<CaseService>>,
+    Path(id): Path<String>,
+    query: Result<Query<ActorQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (fields, actor) = take_actor(body, query)?;
+    let title = text_field(fields, "title")?;
+    blocking(StatusCode::CREATED, move || {
+        let (case, task_id) = service.add_task(&id, &actor, &title, Utc::now())?;
+        Ok(json!({ "task_id": task_id, "case": case }))
+    })
+    .await
+}
+
+async fn complete_task(
+    State(service): State<Arc<CaseService>>,
+    Path((id, task)): Path<(String, String)>,
+    query: Result<Query<ActorQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (fields, actor) = take_actor(body, query)?;
+    if let Some(unknown) = fields.keys().next() {
+        return Err(bad_request(
+            "invalid_body",
+            format!("unknown field `{unknown}`; the body takes only `actor`"),
+        ));
+    }
+    blocking(StatusCode::OK, move || {
+        service.complete_task(&id, &task, &actor, Utc::now())
+    })
+    .await
+}
