@@ -282,9 +282,15 @@ async fn fifty_sigkills_lose_no_alert_and_repeat_no_side_effect() {
     daemon.stop();
 
     assert!(lost.is_empty(), "acknowledged alerts in no case: {lost:?}");
-    assert!(without_run.is_empty(), "alerts without a run: {without_run:?}");
+    assert!(
+        without_run.is_empty(),
+        "alerts without a run: {without_run:?}"
+    );
     assert_eq!(repeated_runs, 0, "alerts with more than one run");
-    assert!(failed_runs.is_empty(), "runs that did not succeed: {failed_runs:#?}");
+    assert!(
+        failed_runs.is_empty(),
+        "runs that did not succeed: {failed_runs:#?}"
+    );
     assert_eq!(duplicated, 0, "alerts with a ticket opened twice");
     assert_eq!(mismatched, 0, "runs whose ticket key is not the server's");
     assert_eq!(unauthorized, 0, "requests without the bearer token");
@@ -414,7 +420,10 @@ async fn interrupted_side_effect_parks_until_a_person_decides() {
         requests[0].idempotency_key, requests[1].idempotency_key,
         "the retry reuses the key"
     );
-    assert_eq!(run["steps"][0]["idempotency_key"], requests[0].idempotency_key.clone().unwrap().as_str());
+    assert_eq!(
+        run["steps"][0]["idempotency_key"],
+        requests[0].idempotency_key.clone().unwrap().as_str()
+    );
     assert_eq!(run["steps"][1]["output"]["ticket"], "T-1");
 
     // A second decision on the finished run conflicts.
@@ -442,7 +451,12 @@ async fn interrupted_side_effect_parks_until_a_person_decides() {
         .iter()
         .find(|event| event["kind"] == "run_decided")
         .unwrap();
-    assert!(decided["detail"].as_str().unwrap().contains("alice chose retry"));
+    assert!(
+        decided["detail"]
+            .as_str()
+            .unwrap()
+            .contains("alice chose retry")
+    );
     daemon.stop();
 
     // Skip: the step is recorded as skipped and the run goes on without it.
@@ -514,7 +528,11 @@ async fn retry_deadline_survives_a_restart() {
     };
     daemon.kill();
     let wake_at = waiting["wake_at"].as_str().unwrap().to_string();
-    assert_eq!(waiting["steps"][0]["retry_at"], wake_at.as_str(), "{waiting:#}");
+    assert_eq!(
+        waiting["steps"][0]["retry_at"],
+        wake_at.as_str(),
+        "{waiting:#}"
+    );
     assert_eq!(waiting["steps"][0]["error"]["kind"], "upstream");
 
     // The restarted daemon keeps the stored deadline rather than starting
@@ -538,7 +556,8 @@ async fn retry_deadline_survives_a_restart() {
     assert_eq!(steps.len(), 2, "{run:#}");
     assert_eq!(steps[1]["attempt"], 2);
     assert_eq!(steps[0]["idempotency_key"], steps[1]["idempotency_key"]);
-    let retried: chrono::DateTime<chrono::Utc> = steps[1]["started_at"].as_str().unwrap().parse().unwrap();
+    let retried: chrono::DateTime<chrono::Utc> =
+        steps[1]["started_at"].as_str().unwrap().parse().unwrap();
     let due: chrono::DateTime<chrono::Utc> = wake_at.parse().unwrap();
     assert!(retried >= due, "retried at {retried}, before {due}");
     let requests = tickets.requests();

@@ -156,7 +156,7 @@ pub const TEST_API_KEY: &str = "test-key-5f1c9a7e0b2d4e68";
 /// Writes a `palisade.toml` in `dir` that grants the VirusTotal plugin the
 /// replay server at `vt_origin` (or nothing, when `None`) and returns its
 /// path. The database goes in `dir/data` and the API key in a file beside
-/// the configuration.
+/// the configuration. Key correlation is off (`window = "0"`).
 pub fn write_config(dir: &Path, vt_origin: Option<&str>) -> PathBuf {
     let root = repo_root();
     std::fs::write(dir.join("vt-api-key"), TEST_API_KEY).unwrap();
@@ -165,6 +165,11 @@ pub fn write_config(dir: &Path, vt_origin: Option<&str>) -> PathBuf {
 cache_dir = "{cache}"
 plugins_dir = "{plugins}"
 playbooks_dir = "{root}/playbooks"
+
+# One case per fingerprint, which the tests count on. Key correlation has
+# its own tests, which set a window in place of this one.
+[correlation]
+window = "0"
 
 [secrets.virustotal-api-key]
 file = "vt-api-key"

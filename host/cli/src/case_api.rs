@@ -24,8 +24,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use palisade_engine::{CaseEdit, CaseError, CaseFilter, CaseQuery, CaseService};
-use palisade_model::parse_duration;
+use palisade_engine::{CaseEdit, CaseError, CaseFilter, CaseQuery, CaseService, parse_period};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -37,11 +36,15 @@ pub const DEFAULT_ACTOR: &str = "api";
 /// Period of `GET /v1/cases/stats` without `since`.
 const DEFAULT_STATS_PERIOD: &str = "7d";
 
+/// The state the case routes take from the router's state.
+#[derive(Clone)]
+pub struct CaseState(pub Arc<CaseService>);
+
 /// Returns the case routes for a router whose state provides the service.
 pub fn routes<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
-    Arc<CaseService>: FromRef<S>,
+    CaseState: FromRef<S>,
 {
     Router::new()
         .route("/v1/cases", get(list_cases))
@@ -53,6 +56,7 @@ where
 }
 
 fn bad_request(code: &'static str, message: String) -> ApiError {
+    tracing::debug!(code, error = %message, "case request rejected");
     ApiError {
         status: StatusCode::BAD_REQUEST,
         code,
@@ -63,11 +67,14 @@ fn bad_request(code: &'static str, message: String) -> ApiError {
 impl From<CaseError> for ApiError {
     fn from(error: CaseError) -> Self {
         match error {
-            CaseError::NotFound(_) => ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: "not_found",
-                message: error.to_string(),
-            },
+            CaseError::NotFound(_) => {
+                tracing::debug!(%error, "case request rejected");
+                ApiError {
+                    status: StatusCode::NOT_FOUND,
+                    code: "not_found",
+                    message: error.to_string(),
+                }
+            }
             CaseError::Invalid(message) => bad_request("invalid_request", message),
             CaseError::Store(_) | CaseError::Audit { .. } => {
                 // The chain names the store failure under the summary.
@@ -167,7 +174,7 @@ fn text_field(mut fields: Map<String, Value>, name: &str) -> Result<String, ApiE
 }
 
 async fn list_cases(
-    State(service): State<Arc<CaseService>>,
+    State(CaseState(service)): State<CaseState>,
     query: Result<Query<CaseQuery>, QueryRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Query(query) = query.map_err(query_error)?;
@@ -176,7 +183,7 @@ async fn list_cases(
 }
 
 async fn show_case(
-    State(service): State<Arc<CaseService>>,
+    State(CaseState(service)): State<CaseState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     blocking(StatusCode::OK, move || service.case(&id, Utc::now())).await
@@ -189,23 +196,12 @@ struct StatsQuery {
 }
 
 async fn case_stats(
-    State(service): State<Arc<CaseService>>,
+    State(CaseState(service)): State<CaseState>,
     query: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Query(query) = query.map_err(query_error)?;
     let text = query.since.as_deref().unwrap_or(DEFAULT_STATS_PERIOD);
-    let period = parse_duration(text)
-        .ok()
-        .and_then(|period| chrono::Duration::from_std(period).ok())
-        .filter(|period| !period.is_zero())
-        .ok_or_else(|| {
-            bad_request(
-                "invalid_query",
-                format!(
-                    "since {text:?} is not a period; write how far back to count, such as 24h, 7d or 30d"
-                ),
-            )
-        })?;
+    let period = parse_period(text)?;
     blocking(StatusCode::OK, move || {
         let now = Utc::now();
         service.stats(now - period, now)
@@ -214,7 +210,7 @@ async fn case_stats(
 }
 
 async fn update_case(
-    State(service): State<Arc<CaseService>>,
+    State(CaseState(service)): State<CaseState>,
     Path(id): Path<String>,
     query: Result<Query<ActorQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
@@ -233,7 +229,7 @@ async fn update_case(
 }
 
 async fn add_comment(
-    State(service): State<Arc<CaseService>>,
+    State(CaseState(service)): State<CaseState>,
     Path(id): Path<String>,
     query: Result<Query<ActorQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
@@ -247,7 +243,7 @@ async fn add_comment(
 }
 
 async fn add_task(
-    State(service): State<Arc<CaseService>>,
+    State(CaseState(service)): State<CaseState>,
     Path(id): Path<String>,
     query: Result<Query<ActorQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
@@ -262,7 +258,7 @@ async fn add_task(
 }
 
 async fn complete_task(
-    State(service): State<Arc<CaseService>>,
+    State(CaseState(service)): State<CaseState>,
     Path((id, task)): Path<(String, String)>,
     query: Result<Query<ActorQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,

@@ -90,7 +90,7 @@ impl DurationSetting {
     }
 }
 
-/// `[sla]`: how soon cases must be acknowledged and resolved, by severity,
+/// `[sla]`: deadlines to acknowledge and resolve cases, by severity,
 /// counted from when a case opens. A severity or a deadline left out keeps
 /// its default (see [`SlaPolicy::default`]), and `"none"` sets no deadline.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -148,11 +148,12 @@ impl SlaConfig {
     }
 }
 
-/// `[correlation]`: how alerts with different fingerprints join one case.
+/// `[correlation]`: the rule by which alerts with different fingerprints
+/// join one case.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorrelationConfig {
-    /// Greatest distance in event time between an alert and the last alert
+    /// Maximum distance in event time between an alert and the last alert
     /// with a shared correlation key for the two to join one case. The
     /// default is one hour, and `0` groups alerts by fingerprint only.
     pub window: Option<DurationSetting>,

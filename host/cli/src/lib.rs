@@ -4,6 +4,8 @@
 
 pub mod audit_cmd;
 pub mod bench;
+mod case_api;
+pub mod case_cmd;
 pub mod config;
 mod export_cmd;
 pub mod host;
@@ -74,15 +76,14 @@ pub enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
-    /// List cases, or show one case.
-    Cases {
-        /// Case id to show in full.
-        id: Option<String>,
-        /// Read from a running daemon at this URL instead of the database.
-        #[arg(long)]
-        server: Option<String>,
-        #[arg(long)]
-        json: bool,
+    /// List cases, filtered by status, severity, assignee, tag, SLA or
+    /// title, or show one case in full.
+    Cases(case_cmd::CasesArgs),
+    /// Work on a case: update it, comment, manage its tasks, or show
+    /// statistics over all cases.
+    Case {
+        #[command(subcommand)]
+        command: case_cmd::CaseCommand,
     },
     /// Show one run with its steps.
     Runs {
@@ -204,9 +205,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server::serve(&config, listen, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cases { id, server, json } => {
-            output::cases(&config, id.as_deref(), server.as_deref(), json).await
-        }
+        Command::Cases(args) => case_cmd::cases(&config, args).await,
+        Command::Case { command } => case_cmd::case(&config, command).await,
         Command::Runs { id, server, json } => {
             output::runs(&config, id.as_deref(), server.as_deref(), json).await
         }
@@ -370,7 +370,9 @@ async fn run_once(
 /// Waits for runs that wait to retry a step, and continues each when its
 /// time comes, until none waits. Interrupting leaves them stored, and the
 /// next `run` or `serve` continues them.
-async fn finish_waiting_runs(engine: &palisade_engine::Engine<host::RuntimeCaller>) -> anyhow::Result<()> {
+async fn finish_waiting_runs(
+    engine: &palisade_engine::Engine<host::RuntimeCaller>,
+) -> anyhow::Result<()> {
     while let Some(at) = engine.next_wake()? {
         let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
         if !wait.is_zero() {

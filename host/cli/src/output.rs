@@ -272,31 +272,6 @@ fn list(items: &[String]) -> String {
     }
 }
 
-/// `palisade cases`: from the database, or from a daemon with `server`.
-pub async fn cases(
-    config: &Config,
-    id: Option<&str>,
-    server: Option<&str>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let cases: Vec<Case> = match server {
-        Some(server) => fetch_records(server, "cases", id).await?,
-        None => {
-            let store = crate::host::open_store(config)?;
-            match id {
-                Some(id) => vec![store.case(id)?.with_context(|| not_found("case", id))?],
-                None => store.cases()?,
-            }
-        }
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&cases)?);
-    } else {
-        print!("{}", case_table(&cases));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// `palisade runs`: from the database, or from a daemon with `server`.
 pub async fn runs(
     config: &Config,

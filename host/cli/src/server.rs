@@ -35,7 +35,7 @@ const WORKERS: usize = 4;
 /// Work for the run workers.
 enum Work {
     /// Start the runs of a newly accepted alert, with its case.
-    Alert(Alert, String),
+    Alert(Box<Alert>, String),
     /// Continue a run: one interrupted by a stop, or a waiting run whose
     /// time has come.
     Run(String),
@@ -48,9 +48,9 @@ struct AppState {
     cases: Arc<CaseService>,
 }
 
-impl axum::extract::FromRef<Arc<AppState>> for Arc<CaseService> {
+impl axum::extract::FromRef<Arc<AppState>> for crate::case_api::CaseState {
     fn from_ref(state: &Arc<AppState>) -> Self {
-        state.cases.clone()
+        Self(state.cases.clone())
     }
 }
 
@@ -87,7 +87,7 @@ pub async fn serve(
             let alerts = recovery
                 .pending
                 .into_iter()
-                .map(|(alert, case_id)| Work::Alert(alert, case_id));
+                .map(|(alert, case_id)| Work::Alert(Box::new(alert), case_id));
             for work in runs.chain(alerts) {
                 if queue.send(work).await.is_err() {
                     break;
@@ -177,7 +177,10 @@ async fn wake_due_runs(engine: Arc<Engine<RuntimeCaller>>, queue: mpsc::WeakSend
                 Vec::new()
             }
         };
-        queued.retain(|id, at| due.iter().any(|(due_id, due_at)| due_id == id && due_at == at));
+        queued.retain(|id, at| {
+            due.iter()
+                .any(|(due_id, due_at)| due_id == id && due_at == at)
+        });
         for (run_id, at) in due {
             if queued.get(&run_id) == Some(&at) {
                 continue;
@@ -281,7 +284,12 @@ async fn ingest(
         .map_err(internal)?
         .map_err(internal)?;
     for (alert, case_id) in outcome.to_run {
-        if state.queue.send(Work::Alert(alert, case_id)).await.is_err() {
+        if state
+            .queue
+            .send(Work::Alert(Box::new(alert), case_id))
+            .await
+            .is_err()
+        {
             // The daemon is stopping; the alert stays pending and resumes at
             // the next start.
             break;

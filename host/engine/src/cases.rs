@@ -9,17 +9,18 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use palisade_model::{Case, CaseStatus, Severity, SlaPolicy};
+use chrono::{DateTime, TimeDelta, Utc};
+use palisade_model::{Case, CaseStatus, Severity, SlaPolicy, parse_duration};
 use palisade_store::{AuditEvent, Store, StoreError};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
-/// Longest comment, in characters.
+/// Maximum length of a comment, in characters.
 pub const MAX_COMMENT_CHARS: usize = 10_000;
-/// Longest task title, assignee or actor name, in characters.
+/// Maximum length of a task title, an assignee or an actor name, in
+/// characters.
 pub const MAX_NAME_CHARS: usize = 200;
-/// Longest tag, in characters.
+/// Maximum length of a tag, in characters.
 pub const MAX_TAG_CHARS: usize = 64;
 /// Priorities an analyst may set; the triage scorer uses the same ones.
 pub const PRIORITIES: [&str; 4] = ["P1", "P2", "P3", "P4"];
@@ -223,16 +224,18 @@ impl CheckedEdit {
     /// Applies the edit and returns the names of the fields that changed.
     fn apply(&self, case: &mut Case, actor: &str, now: DateTime<Utc>) -> Vec<&'static str> {
         let mut changed = Vec::new();
-        if let Some(status) = self.status {
-            if case.set_status(status, actor, now) {
-                changed.push("status");
-            }
+        if let Some(status) = self.status
+            && case.set_status(status, actor, now)
+        {
+            changed.push("status");
         }
-        if let Some(assignee) = &self.assignee {
-            if case.assign(assignee.as_deref(), actor, now) {
-                changed.push("assignee");
-            }
+
+        if let Some(assignee) = &self.assignee
+            && case.assign(assignee.as_deref(), actor, now)
+        {
+            changed.push("assignee");
         }
+
         let mut tags_changed = false;
         for tag in &self.add_tags {
             tags_changed |= case.add_tag(tag, actor, now);
@@ -243,18 +246,34 @@ impl CheckedEdit {
         if tags_changed {
             changed.push("tags");
         }
-        if let Some(priority) = &self.priority {
-            if case.set_priority(priority, actor, now) {
-                changed.push("priority");
-            }
+
+        if let Some(priority) = &self.priority
+            && case.set_priority(priority, actor, now)
+        {
+            changed.push("priority");
         }
-        if let Some(severity) = self.severity {
-            if case.set_severity(severity, actor, now) {
-                changed.push("severity");
-            }
+
+        if let Some(severity) = self.severity
+            && case.set_severity(severity, actor, now)
+        {
+            changed.push("severity");
         }
         changed
     }
+}
+
+/// Parses the length of a statistics period that ends now, such as `7d`.
+pub fn parse_period(text: &str) -> Result<TimeDelta, CaseError> {
+    let invalid = |reason: String| {
+        CaseError::Invalid(format!(
+            "{reason}; give how far back to count, such as 24h, 7d or 30d"
+        ))
+    };
+    let period = parse_duration(text).map_err(invalid)?;
+    if period.is_zero() {
+        return Err(invalid(format!("the period {text:?} is empty")));
+    }
+    TimeDelta::from_std(period).map_err(|_| invalid(format!("the period {text:?} is too long")))
 }
 
 fn parse_status(text: &str) -> Result<CaseStatus, CaseError> {
@@ -633,7 +652,6 @@ impl CaseService {
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeDelta;
     use palisade_model::parse_alerts;
     use palisade_store::SledStore;
 
@@ -1070,8 +1088,8 @@ mod tests {
         let fixture = fixture();
         let minutes = |m: i64| at(T0) + TimeDelta::minutes(m);
         let stamp = |m: i64| minutes(m).to_rfc3339();
-        // Three high cases opened at 10:00, acknowledged after 10, 20 and 60
-        // minutes; two resolved after 2 and 30 hours.
+        // Three high cases opened at 10:00 and acknowledged after 10, 20 and
+        // 61 minutes. Two of them are resolved after 2 and 30 hours.
         let a = fixture.open_case("1", 13, "a", T0);
         let b = fixture.open_case("2", 13, "b", T0);
         let c = fixture.open_case("3", 13, "c", T0);
@@ -1106,8 +1124,9 @@ mod tests {
         assert_eq!(total.median_acknowledge_secs, Some(20 * 60));
         // Resolve times: 2 h, 30 h and 7 days 5 minutes.
         assert_eq!(total.median_resolve_secs, Some(30 * 3600));
-        // Of the cases opened in the period: c acknowledged late (high: 1h)
-        // and b unresolved after 48h (high: 24h), c resolved after 30h.
+        // Among the cases opened in the period, c was acknowledged after the
+        // 1h deadline of high cases. b is unresolved after 48h and c was
+        // resolved after 30h, both past the 24h deadline.
         assert_eq!(total.acknowledge_breaches, 1);
         assert_eq!(total.resolve_breaches, 2);
 
@@ -1126,6 +1145,17 @@ mod tests {
 
         let backwards = invalid(fixture.service.stats(now, minutes(0)));
         assert!(backwards.contains("after its end"), "{backwards}");
+    }
+
+    #[test]
+    fn period_parses_or_names_the_value() {
+        assert_eq!(parse_period("7d").unwrap(), TimeDelta::days(7));
+        assert_eq!(parse_period("90m").unwrap(), TimeDelta::minutes(90));
+        for (text, reason) in [("0", "empty"), ("week", "\"week\""), ("400d", "365 days")] {
+            let message = invalid(parse_period(text));
+            assert!(message.contains(reason), "{text}: {message}");
+            assert!(message.contains("such as 24h"), "{text}: {message}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 pub use crate::cases::{
     CaseCounts, CaseEdit, CaseError, CaseFilter, CaseQuery, CaseService, CaseStats,
-    MAX_COMMENT_CHARS, MAX_NAME_CHARS, MAX_TAG_CHARS, PRIORITIES, SeverityCounts,
+    MAX_COMMENT_CHARS, MAX_NAME_CHARS, MAX_TAG_CHARS, PRIORITIES, SeverityCounts, parse_period,
 };
 pub use crate::playbook::{
     CaseUpdate, DEFAULT_RETRY_KINDS, OnError, OnInterrupt, Playbook, PlaybookError, Retry, Step,

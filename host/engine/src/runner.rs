@@ -184,7 +184,11 @@ pub(crate) fn schedule_retry(step: &Step, record: &mut StepRecord, now: DateTime
         // From half the delay to all of it.
         let half = delay / 2;
         let spread = half.as_millis() as u64;
-        let random = if spread == 0 { 0 } else { random_u64() % (spread + 1) };
+        let random = if spread == 0 {
+            0
+        } else {
+            random_u64() % (spread + 1)
+        };
         delay = half + std::time::Duration::from_millis(random);
     }
     let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);

@@ -345,10 +345,7 @@ impl<C: PluginCaller> Engine<C> {
                 record.status = status;
                 record.error = Some(StepError {
                     kind: kind.into(),
-                    message: format!(
-                        "interrupted mid-call; {actor} chose {}",
-                        decision.as_str()
-                    ),
+                    message: format!("interrupted mid-call; {actor} chose {}", decision.as_str()),
                 });
                 self.store.put_step(&run.id, index, record)?;
             }
@@ -403,7 +400,12 @@ impl<C: PluginCaller> Engine<C> {
             case.run_ids.push(run.id.clone());
             case.record("run_finished", detail.clone(), Utc::now());
         })?;
-        self.audit_run("engine", "run_finished", &run, json!({ "error_kind": "unresumable" }))?;
+        self.audit_run(
+            "engine",
+            "run_finished",
+            &run,
+            json!({ "error_kind": "unresumable" }),
+        )?;
         Ok(run)
     }
 
@@ -522,25 +524,20 @@ impl<C: PluginCaller> Engine<C> {
             .unwrap_or_else(|| idempotency_key(run, &step.id));
         let (plugin, action) = step.target();
         let mut side_effects = false;
-        let mut record = match runner::prepare(
-            &self.templates,
-            step,
-            &context.value(),
-            attempt,
-            &key,
-        ) {
-            Prepared::Done(record) => record,
-            Prepared::Call(started) => {
-                self.store.put_step(&run.id, index, &started)?;
-                side_effects = self.caller.has_side_effects(plugin, action);
-                if side_effects {
-                    // The side effect may happen as soon as the plugin runs,
-                    // so the journal must know first.
-                    self.store.flush()?;
+        let mut record =
+            match runner::prepare(&self.templates, step, &context.value(), attempt, &key) {
+                Prepared::Done(record) => record,
+                Prepared::Call(started) => {
+                    self.store.put_step(&run.id, index, &started)?;
+                    side_effects = self.caller.has_side_effects(plugin, action);
+                    if side_effects {
+                        // The side effect may happen as soon as the plugin runs,
+                        // so the journal must know first.
+                        self.store.flush()?;
+                    }
+                    runner::call(self.caller.as_ref(), step, &run.id, started).await
                 }
-                runner::call(self.caller.as_ref(), step, &run.id, started).await
-            }
-        };
+            };
         if record.status == StepStatus::Failed {
             runner::schedule_retry(step, &mut record, Utc::now());
             if let Some(error) = &record.error {
@@ -638,7 +635,12 @@ impl<C: PluginCaller> Engine<C> {
             }
         })?;
         let error_kind = run.error.as_ref().map(|error| error.kind.clone());
-        self.audit_run("engine", "run_finished", &run, json!({ "error_kind": error_kind }))?;
+        self.audit_run(
+            "engine",
+            "run_finished",
+            &run,
+            json!({ "error_kind": error_kind }),
+        )?;
         Ok(run)
     }
 }
@@ -676,7 +678,10 @@ mod tests {
         assert_eq!(first, idempotency_key(&run("R00000001"), "block"));
         assert_ne!(first, idempotency_key(&run("R00000002"), "block"));
         assert_ne!(first, idempotency_key(&run("R00000001"), "ticket"));
-        assert!(first.starts_with("palisade-") && first.len() == 49, "{first}");
+        assert!(
+            first.starts_with("palisade-") && first.len() == 49,
+            "{first}"
+        );
     }
 
     #[test]

@@ -346,7 +346,7 @@ impl Case {
     }
 }
 
-/// Longest comment excerpt in a timeline event, in characters.
+/// Maximum length of a comment excerpt in a timeline event, in characters.
 const EXCERPT_CHARS: usize = 80;
 
 /// Returns the first line of `text`, cut to [`EXCERPT_CHARS`] characters

@@ -6,8 +6,8 @@ use serde_json::Value;
 use crate::alert::Alert;
 use crate::observable::ObservableKind;
 
-/// Digests of empty content. Any empty file has them, so two alerts
-/// sharing one say nothing about a shared cause.
+/// Digests of empty content. Every empty file has them, so two alerts
+/// that share one need not have a shared cause.
 const EMPTY_DIGESTS: [&str; 3] = [
     "d41d8cd98f00b204e9800998ecf8427e",
     "da39a3ee5e6b4b0d3255bfef95601890afd80709",
@@ -23,15 +23,16 @@ impl Alert {
     ///
     /// - `observable:KIND:VALUE` for the key observable, unless it is an
     ///   internal address or the digest of empty content. Internal
-    ///   addresses are left out because one of them is often shared by
-    ///   unrelated activity. VirtualBox gives every NAT guest 10.0.2.15, so
-    ///   two different Wazuh agents report that address, and a busy
-    ///   internal host is one end of most of a sensor's flows. A public
-    ///   address, a domain or a file hash seen twice within the window is
-    ///   likely one story.
-    /// - `suricata:flow:ID` for a Suricata event with a `flow_id`. The
-    ///   alert, flow, http, fileinfo, dns and tls events of one flow share
-    ///   that id.
+    ///   addresses are left out because unrelated activity often shares
+    ///   one. In the bundled Wazuh samples, agents 010 and 012 are two
+    ///   machines that both report 10.0.2.15. In the Suricata samples, one
+    ///   busy internal host is an end of most flows. A public address, a
+    ///   domain or a file hash seen twice within the window is more likely
+    ///   one story.
+    /// - `suricata:flow:ID` for a Suricata event with a `flow_id`. Suricata
+    ///   writes the same `flow_id` in the alert, protocol (http, dns,
+    ///   tls), fileinfo, anomaly and flow events of one flow, as the EVE
+    ///   JSON format page of the Suricata 7.0 manual documents.
     /// - `wazuh:agent:SCOPE/ID` for a Wazuh alert from an agent, where
     ///   SCOPE is the cluster name, else the manager name, because agent
     ///   ids are unique only within one manager or cluster. The agent name
@@ -175,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn wazuh_manager_agent_and_empty_file_get_no_key() {
+    fn manager_agent_and_empty_file_unkeyed() {
         let manager = keys(json!({
             "timestamp": "2022-11-17T19:17:43.637+0200", "rule": {"level": 3, "id": "87102"},
             "agent": {"id": "000", "name": "localhost.localdomain"},

@@ -44,8 +44,13 @@ pub fn format_duration(duration: Duration) -> String {
     if millis == 0 {
         return "0".to_string();
     }
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if millis % size == 0 {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if millis.is_multiple_of(size) {
             return format!("{}{unit}", millis / size);
         }
     }

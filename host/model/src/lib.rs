@@ -13,8 +13,8 @@ mod run;
 mod sla;
 
 pub use alert::{Alert, NormaliseError, Rule, Severity};
-pub use duration::{DURATION_FORMS, format_duration, parse_duration};
 pub use case::{Case, CaseNote, CaseObservable, CaseStatus, CaseTask, TimelineEvent};
+pub use duration::{DURATION_FORMS, format_duration, parse_duration};
 pub use ingest::{InputError, MAX_ALERT_DEPTH, parse_alert_bytes, parse_alerts};
 pub use observable::{Observable, ObservableKind, is_internal_ip};
 pub use run::{RunRecord, RunStatus, StepError, StepRecord, StepStatus};

@@ -275,11 +275,11 @@ pub(crate) fn chain_record(
 }
 
 /// Returns the hex SHA-256 of the canonical encoding of every field of
-/// `record` but `hash`: a JSON array of seq, time (RFC 3339 in UTC with
-/// nine fractional digits), actor, action, subject, detail and prev_hash,
-/// with no whitespace and with object keys sorted by their bytes at every
-/// depth. The encoding does not depend on the key order of `detail` or on
-/// serde_json features.
+/// `record` but `hash`. The encoding is a JSON array of seq, time, actor,
+/// action, subject, detail and prev_hash, with no whitespace. The time is
+/// RFC 3339 in UTC with nine fractional digits. Object keys are sorted by
+/// their bytes at every depth, so the hash does not depend on the key order
+/// of `detail` or on serde_json features.
 pub fn record_hash(record: &AuditRecord) -> String {
     let mut text = String::from("[");
     text.push_str(&record.seq.to_string());
@@ -495,7 +495,8 @@ mod tests {
             event("run_started", "R1"),
             Utc::now(),
         );
-        let changes: [(&str, fn(&mut AuditRecord)); 7] = [
+        type Change = fn(&mut AuditRecord);
+        let changes: [(&str, Change); 7] = [
             ("seq", |r| r.seq += 1),
             ("time", |r| r.time += chrono::Duration::nanoseconds(1)),
             ("actor", |r| r.actor.push('x')),

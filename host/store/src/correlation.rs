@@ -184,8 +184,8 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
-    /// A Suricata event of flow `flow_id` between two private addresses,
-    /// so its only correlation key is the flow.
+    /// Builds a Suricata event of flow `flow_id` between two private
+    /// addresses, so its only correlation key is the flow.
     fn eve(event_type: &str, flow_id: u64, time: &str) -> Alert {
         let alert = if event_type == "alert" {
             r#","alert":{"signature_id":2024833,"signature":"ET POLICY probe","severity":1}"#
@@ -234,7 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn window_counts_from_the_latest_alert_of_the_key() {
+    fn window_slides_with_each_alert() {
         let (_dir, store) = store(HOUR);
         let first = store
             .ingest_alert(&eve("flow", 7, "2024-03-02T10:00:00Z"), Utc::now())
@@ -256,16 +256,19 @@ mod tests {
         let first = store
             .ingest_alert(&eve("flow", 7, "2024-03-02T10:00:00Z"), Utc::now())
             .unwrap();
+        // An event that arrives late but happened before the first one
+        // counts too, within the window.
+        let early = store
+            .ingest_alert(&eve("dns", 7, "2024-03-02T09:30:00Z"), Utc::now())
+            .unwrap();
+        assert_eq!(early.case_id, first.case_id);
+        // The window counts from the latest event time, 10:00, not from
+        // the latest arrival.
         let late = store
             .ingest_alert(&eve("http", 7, "2024-03-02T11:00:01Z"), Utc::now())
             .unwrap();
         assert!(late.case_is_new);
         assert_ne!(late.case_id, first.case_id);
-        // An event before the first one counts too, within the window.
-        let early = store
-            .ingest_alert(&eve("dns", 7, "2024-03-02T09:30:00Z"), Utc::now())
-            .unwrap();
-        assert_eq!(early.case_id, first.case_id);
     }
 
     #[test]
@@ -304,7 +307,7 @@ mod tests {
     }
 
     #[test]
-    fn joined_alert_fingerprint_does_not_reach_a_closed_case() {
+    fn joined_fingerprint_skips_closed_case() {
         let (_dir, store) = store(HOUR);
         let flow = store
             .ingest_alert(&eve("flow", 7, "2024-03-02T10:00:00Z"), Utc::now())
@@ -371,8 +374,9 @@ mod tests {
                 .ingest_alert(&eve("flow", 7, "2024-03-02T10:00:00Z"), Utc::now())
                 .unwrap();
             let closed = store
-                .ingest_alert(&eve("flow", 9, "2024-03-02T10:00:00Z"), Utc::now())
+                .ingest_alert(&eve("dns", 9, "2024-03-02T10:00:00Z"), Utc::now())
                 .unwrap();
+            assert_ne!(closed.case_id, open.case_id);
             store
                 .update_case(&closed.case_id, &mut |case| {
                     case.set_status(CaseStatus::Resolved, "ana", Utc::now());

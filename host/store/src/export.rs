@@ -578,7 +578,7 @@ fn read_header(reader: &mut LineReader<'_>) -> Result<Header, StoreError> {
     Ok(header)
 }
 
-/// Why a line could not be applied.
+/// Failure to apply one line.
 enum LineError {
     /// The line is well-formed JSON but its content is not acceptable.
     Invalid(String),

@@ -109,12 +109,12 @@ pub trait Store: Send + Sync {
 
     /// Writes `run`, which must be final, and applies `change` to its case
     /// in the same transaction, so a run's results reach its case exactly
-    /// once even if the process stops between the two. Returns the case.
+    /// once even if the process stops between the two.
     fn finish_run(
         &self,
         run: &RunRecord,
         change: &mut dyn FnMut(&mut Case),
-    ) -> Result<Case, StoreError>;
+    ) -> Result<(), StoreError>;
 
     /// Id of the run of `playbook` for alert `alert_id`, if one was started.
     fn run_of_alert(&self, alert_id: &str, playbook: &str) -> Result<Option<String>, StoreError>;

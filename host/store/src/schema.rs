@@ -74,7 +74,7 @@ const fn newest_version(migrations: &[Migration]) -> u32 {
 
 /// Brings the database at `path` to [`SCHEMA_VERSION`] and returns the
 /// version it had before. A new database is stamped with the current
-/// version; an older one is migrated; a newer one is rejected.
+/// version, an older one is migrated, and a newer one is rejected.
 pub(crate) fn prepare(db: &sled::Db, path: &Path) -> Result<u32, StoreError> {
     let meta = db.open_tree(META_TREE).map_err(database)?;
     let found = match stored_version(&meta)? {
@@ -261,7 +261,11 @@ mod tests {
         let meta = db.open_tree(META_TREE).unwrap();
         assert_eq!(stored_version(&meta).unwrap(), Some(SCHEMA_VERSION));
         let head = audit::read_head(&db.open_tree(AUDIT_TREE).unwrap()).unwrap();
-        assert_eq!(head.seq, 1);
+        assert_eq!(
+            head.seq,
+            MIGRATIONS.len() as u64,
+            "one record per migration"
+        );
     }
 
     #[test]

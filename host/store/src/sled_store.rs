@@ -11,6 +11,8 @@
 //! - `open_cases`: fingerprint to the id of the open case with it;
 //! - `correlation`: correlation key to the case that last took an alert
 //!   with it and that alert's event time (see [`crate::correlation`]);
+//! - `pending_index`: alert id to its key in `pending`, so finishing an
+//!   alert does not scan the list;
 //! - `pending`: sequence number to the id of an accepted alert whose runs
 //!   have not finished;
 //! - `runs`: run id (`R` and eight digits) to the run record without its
@@ -56,10 +58,11 @@ pub struct SledStore {
     cases: sled::Tree,
     open_cases: sled::Tree,
     correlation: sled::Tree,
-    /// Greatest distance in event time at which an alert joins a case by a
+    /// Maximum distance in event time at which an alert joins a case by a
     /// shared correlation key; zero turns key correlation off.
     correlation_window: Duration,
     pending: sled::Tree,
+    pending_index: sled::Tree,
     case_items: sled::Tree,
     runs: sled::Tree,
     run_steps: sled::Tree,
@@ -99,6 +102,7 @@ impl SledStore {
             correlation: tree(CORRELATION_TREE)?,
             correlation_window: Duration::ZERO,
             pending: tree("pending")?,
+            pending_index: tree("pending_index")?,
             case_items: tree("case_items")?,
             runs: tree("runs")?,
             run_steps: tree("run_steps")?,
@@ -317,12 +321,12 @@ impl SledStore {
             .get(run.id.as_bytes())
             .map_err(database)?
             .and_then(|bytes| serde_json::from_slice::<ActiveRun>(&bytes).ok());
-        if let Some(at) = previous.and_then(|active| active.wake_at) {
-            if run.status != RunStatus::Waiting || run.wake_at != Some(at) {
-                self.timers
-                    .remove(timer_key(at, &run.id))
-                    .map_err(database)?;
-            }
+        if let Some(at) = previous.and_then(|active| active.wake_at)
+            && (run.status != RunStatus::Waiting || run.wake_at != Some(at))
+        {
+            self.timers
+                .remove(timer_key(at, &run.id))
+                .map_err(database)?;
         }
         if run.status.is_final() {
             self.active_runs
@@ -573,7 +577,15 @@ impl Store for SledStore {
                 })
             },
         );
-        result.map_err(transaction_error)
+        let outcome = result.map_err(transaction_error)?;
+        if outcome.alert_is_new {
+            // Written after the transaction, so an index entry always has
+            // its pending entry; `finish_pending` scans for one without.
+            self.pending_index
+                .insert(alert.id.as_bytes(), &pending_key)
+                .map_err(database)?;
+        }
+        Ok(outcome)
     }
 
     fn pending_alerts(&self) -> Result<Vec<String>, StoreError> {
@@ -585,6 +597,10 @@ impl Store for SledStore {
     }
 
     fn finish_pending(&self, id: &str) -> Result<(), StoreError> {
+        if let Some(key) = self.pending_index.remove(id.as_bytes()).map_err(database)? {
+            self.pending.remove(key).map_err(database)?;
+            return Ok(());
+        }
         for entry in self.pending.iter() {
             let (key, value) = entry.map_err(database)?;
             if value.as_ref() == id.as_bytes() {
@@ -664,7 +680,7 @@ impl Store for SledStore {
         &self,
         run: &RunRecord,
         change: &mut dyn FnMut(&mut Case),
-    ) -> Result<Case, StoreError> {
+    ) -> Result<(), StoreError> {
         if !run.status.is_final() {
             return Err(StoreError::Database(format!(
                 "run {} is {}, not final; write it with put_run",
@@ -703,11 +719,7 @@ impl Store for SledStore {
                 run.id.as_bytes(),
             )
             .map_err(database)?;
-        self.case(&run.case_id)?
-            .ok_or_else(|| StoreError::NotFound {
-                what: "case",
-                id: run.case_id.clone(),
-            })
+        Ok(())
     }
 
     fn run_of_alert(&self, alert_id: &str, playbook: &str) -> Result<Option<String>, StoreError> {
@@ -892,8 +904,8 @@ impl SledStore {
             .map_err(transaction_error)
     }
 
-    /// Writes `run` and its steps, numbered from 0 in list order. The
-    /// indexes of runs are not written here; an export carries them as
+    /// Writes `run` and its steps, numbered from 0 in list order. The run
+    /// indexes are not written here, because an export carries them as
     /// `raw` lines.
     pub(crate) fn restore_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         self.runs
@@ -1161,10 +1173,13 @@ mod tests {
         // run from the active list and the timers.
         first.status = RunStatus::Succeeded;
         first.wake_at = None;
-        let case = store
+        store
             .finish_run(&first, &mut |case| case.run_ids.push("R00000001".into()))
             .unwrap();
-        assert_eq!(case.run_ids, ["R00000001"]);
+        assert_eq!(
+            store.case(&case_id).unwrap().unwrap().run_ids,
+            ["R00000001"]
+        );
         assert!(store.next_wake().unwrap().is_none());
         let active: Vec<String> = store
             .active_runs()

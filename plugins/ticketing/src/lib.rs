@@ -153,8 +153,11 @@ fn read_ticket(url: &str, response: &Response) -> Result<Value, PluginError> {
         }
         _ => return Err(upstream(format!("{url} answered {status}"))),
     }
-    let body: Value = serde_json::from_slice(&response.body)
-        .map_err(|error| upstream(format!("{url} answered {status} with invalid JSON: {error}")))?;
+    let body: Value = serde_json::from_slice(&response.body).map_err(|error| {
+        upstream(format!(
+            "{url} answered {status} with invalid JSON: {error}"
+        ))
+    })?;
     let ticket_id = match body.get("id") {
         Some(Value::String(id)) if !id.is_empty() => id.clone(),
         Some(Value::Number(id)) => id.to_string(),
@@ -236,7 +239,8 @@ mod tests {
 
     #[test]
     fn body_carries_the_key_and_a_capped_title() {
-        let input = json!({"title": "x", "case_id": "C00000001", "observables": [{"type": "ipv4"}]});
+        let input =
+            json!({"title": "x", "case_id": "C00000001", "observables": [{"type": "ipv4"}]});
         let long = "t".repeat(500);
         let body = ticket_body(&input, &long, Some("palisade-abc".into()));
         assert_eq!(body["idempotency_key"], "palisade-abc");
@@ -250,7 +254,10 @@ mod tests {
     fn responses_map_to_outputs_and_errors() {
         let url = "http://127.0.0.1:9000/api/v1/tickets";
         let created = read_ticket(url, &response(201, r#"{"id":"T-7","url":"u"}"#, &[])).unwrap();
-        assert_eq!(created, json!({"ticket_id": "T-7", "status": 201, "url": "u"}));
+        assert_eq!(
+            created,
+            json!({"ticket_id": "T-7", "status": 201, "url": "u"})
+        );
         let numeric = read_ticket(url, &response(200, r#"{"id":42}"#, &[])).unwrap();
         assert_eq!(numeric["ticket_id"], "42");
 
