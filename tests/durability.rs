@@ -148,11 +148,17 @@ async fn wait_until_settled(daemon: &Daemon, expected: usize) -> Vec<Value> {
         if runs.len() >= expected && open == 0 {
             return runs;
         }
-        assert!(
-            Instant::now() < deadline,
-            "runs did not settle: {} runs, {open} not final, {expected} expected",
-            runs.len()
-        );
+        if Instant::now() >= deadline {
+            let stuck: Vec<&Value> = runs
+                .iter()
+                .filter(|run| !matches!(run["status"].as_str(), Some("succeeded" | "failed")))
+                .collect();
+            panic!(
+                "runs did not settle: {} runs, {open} not final, {expected} expected: {:#}",
+                runs.len(),
+                Value::Array(stuck.into_iter().cloned().collect())
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

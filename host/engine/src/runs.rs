@@ -332,6 +332,12 @@ impl<C: PluginCaller> Engine<C> {
         self.store.update_case(&run.case_id, &mut |case| {
             case.record("run_decided", detail.clone(), Utc::now());
         })?;
+        // Running is written before the decision, so a stop in between
+        // finds the step still `started` and parks the run again rather
+        // than leaving a parked run with no step in flight.
+        run.status = RunStatus::Running;
+        run.error = None;
+        self.store.put_run(&run)?;
         let mut forced = None;
         match decision {
             ParkedDecision::Retry => forced = Some(step_id),
@@ -350,9 +356,6 @@ impl<C: PluginCaller> Engine<C> {
                 self.store.put_step(&run.id, index, record)?;
             }
         }
-        run.status = RunStatus::Running;
-        run.error = None;
-        self.store.put_run(&run)?;
         let detail = json!({ "decision": decision.as_str(), "step": run.steps[index].id });
         self.audit_run(&format!("operator:{actor}"), "run_decided", &run, detail)?;
         self.drive(playbook, &alert, run, forced.as_deref()).await

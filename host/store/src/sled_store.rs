@@ -305,51 +305,46 @@ fn timer_time(key: &[u8]) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(millis)
 }
 
-impl SledStore {
-    /// Updates `alert_runs`, `active_runs` and `timers` for `run`, whose
-    /// header was just written. The run header is written first, so after
-    /// a crash an index entry never names a run that is missing.
-    fn index_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        self.alert_runs
-            .insert(
-                alert_run_key(&run.alert_id, &run.playbook),
-                run.id.as_bytes(),
-            )
-            .map_err(database)?;
-        let previous = self
-            .active_runs
-            .get(run.id.as_bytes())
-            .map_err(database)?
-            .and_then(|bytes| serde_json::from_slice::<ActiveRun>(&bytes).ok());
-        if let Some(at) = previous.and_then(|active| active.wake_at)
-            && (run.status != RunStatus::Waiting || run.wake_at != Some(at))
-        {
-            self.timers
-                .remove(timer_key(at, &run.id))
-                .map_err(database)?;
-        }
-        if run.status.is_final() {
-            self.active_runs
-                .remove(run.id.as_bytes())
-                .map_err(database)?;
-            return Ok(());
-        }
-        let wake_at = run.wake_at.filter(|_| run.status == RunStatus::Waiting);
-        let entry = ActiveRun {
-            status: run.status,
-            wake_at,
-        };
-        self.active_runs
-            .insert(run.id.as_bytes(), encode(&entry))
-            .map_err(database)?;
-        if let Some(at) = wake_at {
-            self.timers
-                .insert(timer_key(at, &run.id), &[])
-                .map_err(database)?;
-        }
-        Ok(())
+/// Writes `run`'s header and updates `alert_runs`, `active_runs` and
+/// `timers` to match, inside one transaction, so after a crash a run is
+/// never found without its index entries or waiting without its timer.
+fn write_run(
+    runs: &TransactionalTree,
+    alert_runs: &TransactionalTree,
+    active_runs: &TransactionalTree,
+    timers: &TransactionalTree,
+    run: &RunRecord,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    runs.insert(run.id.as_bytes(), encode(&RunHeader::from(run)))?;
+    alert_runs.insert(
+        alert_run_key(&run.alert_id, &run.playbook),
+        run.id.as_bytes(),
+    )?;
+    let previous = active_runs
+        .get(run.id.as_bytes())?
+        .and_then(|bytes| serde_json::from_slice::<ActiveRun>(&bytes).ok());
+    if let Some(at) = previous.and_then(|active| active.wake_at)
+        && (run.status != RunStatus::Waiting || run.wake_at != Some(at))
+    {
+        timers.remove(timer_key(at, &run.id))?;
     }
+    if run.status.is_final() {
+        active_runs.remove(run.id.as_bytes())?;
+        return Ok(());
+    }
+    let wake_at = run.wake_at.filter(|_| run.status == RunStatus::Waiting);
+    let entry = ActiveRun {
+        status: run.status,
+        wake_at,
+    };
+    active_runs.insert(run.id.as_bytes(), encode(&entry))?;
+    if let Some(at) = wake_at {
+        timers.insert(timer_key(at, &run.id), &[])?;
+    }
+    Ok(())
+}
 
+impl SledStore {
     pub(crate) fn assemble_run(&self, key: &[u8], header: &[u8]) -> Result<RunRecord, StoreError> {
         let mut run: RunRecord = decode("runs", key, header)?;
         let mut prefix = key.to_vec();
@@ -669,11 +664,17 @@ impl Store for SledStore {
     }
 
     fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        let header = RunHeader::from(run);
-        self.runs
-            .insert(run.id.as_bytes(), encode(&header))
-            .map_err(database)?;
-        self.index_run(run)
+        let trees = (
+            &self.runs,
+            &self.alert_runs,
+            &self.active_runs,
+            &self.timers,
+        );
+        trees
+            .transaction(|(runs, alert_runs, active_runs, timers)| {
+                write_run(runs, alert_runs, active_runs, timers, run)
+            })
+            .map_err(transaction_error)
     }
 
     fn finish_run(
@@ -688,10 +689,10 @@ impl Store for SledStore {
                 run.status.as_str()
             )));
         }
-        let header = encode(&RunHeader::from(run));
         let change = std::cell::RefCell::new(change);
         let trees = (
             &self.runs,
+            &self.alert_runs,
             &self.active_runs,
             &self.timers,
             &self.cases,
@@ -699,26 +700,14 @@ impl Store for SledStore {
             &self.open_cases,
         );
         let result = trees.transaction(
-            |(runs, active_runs, timers, cases, case_items, open_cases)| {
-                runs.insert(run.id.as_bytes(), header.as_slice())?;
-                let previous = active_runs
-                    .remove(run.id.as_bytes())?
-                    .and_then(|bytes| serde_json::from_slice::<ActiveRun>(&bytes).ok());
-                if let Some(at) = previous.and_then(|active| active.wake_at) {
-                    timers.remove(timer_key(at, &run.id))?;
-                }
+            |(runs, alert_runs, active_runs, timers, cases, case_items, open_cases)| {
+                write_run(runs, alert_runs, active_runs, timers, run)?;
                 change_case(cases, case_items, open_cases, &run.case_id, &mut |case| {
                     (change.borrow_mut())(case)
                 })
             },
         );
         result.map_err(transaction_error)?;
-        self.alert_runs
-            .insert(
-                alert_run_key(&run.alert_id, &run.playbook),
-                run.id.as_bytes(),
-            )
-            .map_err(database)?;
         Ok(())
     }
 
