@@ -156,6 +156,8 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
                 id: "echo".into(),
                 uses: "noop.echo".into(),
                 status: StepStatus::Started,
+                item: None,
+                handles: None,
                 attempt: 1,
                 idempotency_key: None,
                 retry_at: None,

@@ -147,12 +147,98 @@ pub struct Step {
     /// Unset means `retry` for actions without side effects and `park` for
     /// actions with them.
     pub on_interrupt: Option<OnInterrupt>,
+    /// Steps that must end before this one starts, each above it in the
+    /// file. Unset means the step above, so a plain list runs in order; an
+    /// empty list starts the step with the run.
+    pub needs: Option<Vec<String>>,
+    /// How many of `needs` must succeed (a failure under `on_error:
+    /// continue` counts): all, any, or a number.
+    #[serde(default)]
+    pub join: Join,
+    /// Expression giving a list: the step runs once per item, with the item
+    /// as `item`, and its output is the list of the items' outputs.
+    pub for_each: Option<String>,
+    /// Items of `for_each` running at once, 1 to 64.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Longest an attempt may take; it then fails with kind `timeout`. The
+    /// plugin's own wall-clock limit applies as well.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout: Option<std::time::Duration>,
+    /// Id of a step under `handlers` to run when this step fails for good,
+    /// with the failure as `error`; `on_error` applies after it.
+    pub handler: Option<String>,
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    palisade_model::parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// How many needed steps must succeed before a step starts. When too few
+/// can succeed, the step is skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Join {
+    #[default]
+    All,
+    Any,
+    AtLeast(u32),
+}
+
+impl<'de> Deserialize<'de> for Join {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Count(u32),
+            Name(String),
+        }
+        match Form::deserialize(deserializer)? {
+            Form::Count(0) => Err(serde::de::Error::custom(
+                "`join: 0` is invalid; give all, any or a number from 1",
+            )),
+            Form::Count(count) => Ok(Self::AtLeast(count)),
+            Form::Name(name) if name == "all" => Ok(Self::All),
+            Form::Name(name) if name == "any" => Ok(Self::Any),
+            Form::Name(name) => Err(serde::de::Error::custom(format!(
+                "`join: {name}` is invalid; give all, any or a number from 1"
+            ))),
+        }
+    }
+}
+
+impl Join {
+    /// Successes needed out of `needed` steps.
+    pub fn required(self, needed: usize) -> usize {
+        match self {
+            Self::All => needed,
+            Self::Any => needed.min(1),
+            Self::AtLeast(count) => count as usize,
+        }
+    }
 }
 
 impl Step {
     /// Splits `uses` into plugin and action.
     pub fn target(&self) -> (&str, &str) {
         self.uses.split_once('.').unwrap_or((&self.uses, ""))
+    }
+
+    /// Ids of the steps this one waits for: its `needs`, or the step before
+    /// it in `steps` when `needs` is unset.
+    pub fn dependencies<'a>(&'a self, before: Option<&'a Step>) -> Vec<&'a str> {
+        match &self.needs {
+            Some(needs) => needs.iter().map(String::as_str).collect(),
+            None => before.map(|step| step.id.as_str()).into_iter().collect(),
+        }
     }
 }
 
@@ -180,6 +266,9 @@ pub struct Playbook {
     #[serde(default)]
     pub trigger: Trigger,
     pub steps: Vec<Step>,
+    /// Steps run only as the `handler` of a failed step.
+    #[serde(default)]
+    pub handlers: Vec<Step>,
     #[serde(default)]
     pub case: CaseUpdate,
     #[serde(skip)]
@@ -288,9 +377,31 @@ impl Playbook {
                 .map_err(|error| format!("trigger.when {when:?}: {error}"))?;
         }
         let mut seen = BTreeSet::new();
+        let mut ancestors: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut before = None;
         for step in &self.steps {
-            self.check_step(step, &seen, &templates)?;
+            let reachable = self.check_needs(step, before, &seen, &ancestors)?;
+            self.check_step(step, &seen, &reachable, &templates)?;
+            self.check_handler_reference(step)?;
             seen.insert(step.id.as_str());
+            ancestors.insert(step.id.as_str(), reachable);
+            before = Some(step);
+        }
+        let main_steps = seen.clone();
+        for handler in &self.handlers {
+            let id = &handler.id;
+            if handler.needs.is_some()
+                || handler.for_each.is_some()
+                || handler.handler.is_some()
+                || handler.join != Join::All
+            {
+                return Err(format!(
+                    "handler {id:?} has needs, join, for_each or handler; a handler is one step run after a failure"
+                ));
+            }
+            self.check_step(handler, &seen, &main_steps, &templates)
+                .map_err(|error| format!("handlers: {error}"))?;
+            seen.insert(id.as_str());
         }
         let case_fields = [
             ("observables", &self.case.observables),
@@ -312,10 +423,84 @@ impl Playbook {
         Ok(())
     }
 
+    /// Checks `step.needs` and returns the ids of every step that ends
+    /// before `step` starts: its needs and, in turn, theirs.
+    fn check_needs<'a>(
+        &'a self,
+        step: &'a Step,
+        before: Option<&'a Step>,
+        seen: &BTreeSet<&'a str>,
+        ancestors: &BTreeMap<&'a str, BTreeSet<&'a str>>,
+    ) -> Result<BTreeSet<&'a str>, String> {
+        let id = &step.id;
+        let dependencies = step.dependencies(before);
+        let mut reachable = BTreeSet::new();
+        for (position, need) in dependencies.iter().enumerate() {
+            if !seen.contains(need) {
+                return Err(format!(
+                    "step {id:?} needs {need:?}, which is not a step above it; list steps in an order where each comes after the steps it needs"
+                ));
+            }
+            if dependencies[..position].contains(need) {
+                return Err(format!("step {id:?} lists {need:?} twice in `needs`"));
+            }
+            reachable.insert(*need);
+            if let Some(theirs) = ancestors.get(need) {
+                reachable.extend(theirs.iter().copied());
+            }
+        }
+        if let Join::AtLeast(count) = step.join
+            && count as usize > dependencies.len()
+        {
+            return Err(format!(
+                "step {id:?} has `join: {count}` but needs only {} steps",
+                dependencies.len()
+            ));
+        }
+        if !(1..=64).contains(&step.concurrency) {
+            return Err(format!(
+                "step {id:?}: `concurrency: {}` is out of range; use 1 to 64",
+                step.concurrency
+            ));
+        }
+        if let Some(expression) = &step.for_each {
+            Templates::new()
+                .check_expression(expression)
+                .map_err(|error| format!("step {id:?} `for_each`: {error}"))?;
+            check_step_references(expression, &reachable)
+                .map_err(|error| format!("step {id:?} `for_each`: {error}"))?;
+        }
+        Ok(reachable)
+    }
+
+    fn check_handler_reference(&self, step: &Step) -> Result<(), String> {
+        let Some(handler) = &step.handler else {
+            return Ok(());
+        };
+        if self
+            .handlers
+            .iter()
+            .any(|candidate| &candidate.id == handler)
+        {
+            return Ok(());
+        }
+        let known: Vec<&str> = self.handlers.iter().map(|h| h.id.as_str()).collect();
+        Err(format!(
+            "step {:?} names handler {handler:?}, which is not under `handlers`; the handlers are: {}",
+            step.id,
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+    }
+
     fn check_step(
         &self,
         step: &Step,
         earlier: &BTreeSet<&str>,
+        reachable: &BTreeSet<&str>,
         templates: &Templates,
     ) -> Result<(), String> {
         let id = &step.id;
@@ -354,14 +539,14 @@ impl Playbook {
             templates
                 .check_expression(condition)
                 .map_err(|error| format!("step {id:?} `if`: {error}"))?;
-            check_step_references(condition, earlier)
+            check_step_references(condition, reachable)
                 .map_err(|error| format!("step {id:?} `if`: {error}"))?;
         }
         templates
             .check_value(&step.with)
             .map_err(|error| format!("step {id:?} `with`: {error}"))?;
         for text in strings_in(&step.with) {
-            check_step_references(text, earlier)
+            check_step_references(text, reachable)
                 .map_err(|error| format!("step {id:?} `with`: {error}"))?;
         }
         Ok(())
@@ -370,7 +555,7 @@ impl Playbook {
     /// `plugin.action` pairs the playbook uses.
     pub fn targets(&self) -> BTreeMap<&str, BTreeSet<&str>> {
         let mut targets: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for step in &self.steps {
+        for step in self.steps.iter().chain(&self.handlers) {
             let (plugin, action) = step.target();
             targets.entry(plugin).or_default().insert(action);
         }
@@ -387,9 +572,9 @@ fn strings_in(value: &Value) -> Vec<&str> {
     }
 }
 
-/// Rejects `steps.<id>` references to a step that is not earlier in the
-/// playbook.
-fn check_step_references(text: &str, earlier: &BTreeSet<&str>) -> Result<(), String> {
+/// Rejects `steps.<id>` references to a step that is not in `allowed`: for
+/// a step, those that end before it starts.
+fn check_step_references(text: &str, allowed: &BTreeSet<&str>) -> Result<(), String> {
     let mut rest = text;
     while let Some(position) = rest.find("steps.") {
         let before = rest[..position].chars().last();
@@ -401,9 +586,9 @@ fn check_step_references(text: &str, earlier: &BTreeSet<&str>) -> Result<(), Str
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        if !earlier.contains(id.as_str()) {
+        if !allowed.contains(id.as_str()) {
             return Err(format!(
-                "`steps.{id}` does not name an earlier step; a step can only use outputs of steps above it"
+                "`steps.{id}` does not name a step that ends before this one; a step can use the outputs of the steps it needs, directly or through others"
             ));
         }
     }

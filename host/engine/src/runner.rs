@@ -86,6 +86,26 @@ impl RunContext {
             steps => minijinja::Value::from(self.steps.clone()),
         }
     }
+
+    /// Builds the context with `item`, for one item of a `for_each` step.
+    pub fn with_item(&self, item: &Value) -> minijinja::Value {
+        minijinja::context! {
+            alert => self.alert.clone(),
+            case => self.case.clone(),
+            steps => minijinja::Value::from(self.steps.clone()),
+            item => minijinja::Value::from_serialize(item),
+        }
+    }
+
+    /// Builds the context with `error`, for a handler.
+    pub fn with_error(&self, error: &Value) -> minijinja::Value {
+        minijinja::context! {
+            alert => self.alert.clone(),
+            case => self.case.clone(),
+            steps => minijinja::Value::from(self.steps.clone()),
+            error => minijinja::Value::from_serialize(error),
+        }
+    }
 }
 
 /// What [`prepare`] decided for an attempt.
@@ -110,6 +130,8 @@ pub(crate) fn prepare(
         id: step.id.clone(),
         uses: step.uses.clone(),
         status: StepStatus::Skipped,
+        item: None,
+        handles: None,
         attempt,
         idempotency_key: Some(idempotency_key.to_string()),
         retry_at: None,
@@ -152,7 +174,26 @@ pub(crate) async fn call<C: PluginCaller>(
         step_id: &step.id,
         idempotency_key: record.idempotency_key.as_deref(),
     };
-    let outcome = caller.call(plugin, action, &record.input, info).await;
+    let call = caller.call(plugin, action, &record.input, info);
+    let outcome = match step.timeout {
+        None => call.await,
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => StepOutcome {
+                result: Err(StepError {
+                    kind: "timeout".into(),
+                    message: format!(
+                        "the step's timeout of {} passed",
+                        palisade_model::format_duration(limit)
+                    ),
+                }),
+                plugin_version: None,
+                duration_us: limit.as_micros() as u64,
+                logs: Value::Array(Vec::new()),
+                http_calls: Value::Array(Vec::new()),
+            },
+        },
+    };
     record.plugin_version = outcome.plugin_version;
     record.logs = outcome.logs;
     record.http_calls = outcome.http_calls;
@@ -207,6 +248,29 @@ fn random_u64() -> u64 {
             .unwrap_or(0),
     );
     hasher.finish()
+}
+
+/// A failed record of `step` for a failure found before any call.
+pub(crate) fn failed_record(step: &Step, kind: &str, message: String) -> StepRecord {
+    let record = StepRecord {
+        id: step.id.clone(),
+        uses: step.uses.clone(),
+        status: StepStatus::Failed,
+        item: None,
+        handles: None,
+        attempt: 1,
+        idempotency_key: None,
+        retry_at: None,
+        started_at: Utc::now(),
+        duration_us: 0,
+        plugin_version: None,
+        input: Value::Null,
+        output: None,
+        error: None,
+        logs: Value::Array(Vec::new()),
+        http_calls: Value::Array(Vec::new()),
+    };
+    failed(record, kind, message, Instant::now())
 }
 
 fn failed(mut record: StepRecord, kind: &str, message: String, started: Instant) -> StepRecord {

@@ -18,7 +18,9 @@
 //! deadline; the run waits (status `waiting`) until [`Engine::due_runs`]
 //! reports it, whether or not the process restarted in between.
 
-use chrono::Utc;
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use palisade_model::{Alert, RunRecord, RunStatus, StepError, StepRecord, StepStatus};
 use palisade_store::AuditEvent;
 use serde_json::{Value, json};
@@ -440,115 +442,363 @@ impl<C: PluginCaller> Engine<C> {
             run.wake_at = None;
             self.store.put_run(&run)?;
         }
-        let mut context = RunContext::new(alert, &run.case_id);
-        for step in &playbook.steps {
-            let latest = run.steps.iter().rposition(|record| record.id == step.id);
-            let (index, attempt) = match latest {
-                None => (run.steps.len(), 1),
-                Some(index) => {
-                    let record = &run.steps[index];
-                    match record.status {
-                        StepStatus::Succeeded | StepStatus::Skipped => {
-                            if let Some(output) = &record.output {
-                                context.add_step_output(&step.id, output);
-                            }
-                            continue;
-                        }
-                        StepStatus::Failed => match record.retry_at {
-                            Some(at) if at > Utc::now() => {
-                                return self.wait(run, at);
-                            }
-                            Some(_) => (run.steps.len(), record.attempt + 1),
-                            None if step.on_error == OnError::Continue => continue,
-                            None => {
-                                let error = record.error.clone();
-                                fail_run(&mut run, step, error);
-                                break;
-                            }
-                        },
-                        StepStatus::Started => {
-                            let (plugin, action) = step.target();
-                            let policy = step.on_interrupt.unwrap_or(
-                                if self.caller.has_side_effects(plugin, action) {
-                                    OnInterrupt::Park
-                                } else {
-                                    OnInterrupt::Retry
-                                },
-                            );
-                            if policy == OnInterrupt::Park && forced != Some(step.id.as_str()) {
-                                return self.park(run, step);
-                            }
-                            (index, record.attempt)
-                        }
+        loop {
+            let mut context = RunContext::new(alert, &run.case_id);
+            let plan = self.plan(playbook, &run, &mut context, forced);
+            match plan {
+                Plan::Work(units) => {
+                    let journal = std::sync::Mutex::new(std::mem::take(&mut run.steps));
+                    let results = futures::future::join_all(
+                        units
+                            .iter()
+                            .map(|unit| self.run_unit(&run, unit, &journal, &context)),
+                    )
+                    .await;
+                    run.steps = journal.into_inner().unwrap_or_else(|e| e.into_inner());
+                    for result in results {
+                        result?;
                     }
                 }
-            };
-
-            let record = self.attempt(&run, step, index, attempt, &context).await?;
-            if let Some(output) = &record.output {
-                context.add_step_output(&step.id, output);
-            }
-            let retry_at = record.retry_at;
-            let error = record.error.clone();
-            let failed = record.status == StepStatus::Failed;
-            if index == run.steps.len() {
-                run.steps.push(record);
-            } else {
-                run.steps[index] = record;
-            }
-            if let Some(at) = retry_at {
-                return self.wait(run, at);
-            }
-            if failed && step.on_error == OnError::Fail {
-                fail_run(&mut run, step, error);
-                break;
+                Plan::Park(step) => return self.park(run, step),
+                Plan::Wait(at) => return self.wait(run, at),
+                Plan::Fail(step, error) => {
+                    fail_run(&mut run, step, error);
+                    run.finished_at = Some(Utc::now());
+                    return self.finish(playbook, alert, run, &context);
+                }
+                Plan::Done => {
+                    run.status = RunStatus::Succeeded;
+                    run.finished_at = Some(Utc::now());
+                    return self.finish(playbook, alert, run, &context);
+                }
             }
         }
-        if run.status == RunStatus::Running {
-            run.status = RunStatus::Succeeded;
-        }
-        run.finished_at = Some(Utc::now());
-        self.finish(playbook, alert, run, &context)
     }
 
-    /// Runs one attempt of `step` at journal position `index`.
-    async fn attempt(
+    /// Reads the journal against the playbook and decides what comes next:
+    /// the attempts that can run now, or the run's next state. Fills
+    /// `context` with the outputs of the steps that ended.
+    fn plan<'p>(
+        &self,
+        playbook: &'p Playbook,
+        run: &RunRecord,
+        context: &mut RunContext,
+        forced: Option<&str>,
+    ) -> Plan<'p> {
+        let mut ended: HashMap<&str, Ended> = HashMap::new();
+        let mut units = Vec::new();
+        let mut wake: Option<DateTime<Utc>> = None;
+        let mut parked: Option<&Step> = None;
+        let mut before: Option<&Step> = None;
+        for step in &playbook.steps {
+            let previous = before.replace(step);
+            let dependencies = step.dependencies(previous);
+            // Skipped needed steps do not count, so a step after one whose
+            // `if` was false still runs, and a join waits only for the
+            // branches that run.
+            let (mut succeeded, mut pending, mut counted) = (0, 0, 0);
+            for id in &dependencies {
+                match ended.get(id) {
+                    None => {
+                        pending += 1;
+                        counted += 1;
+                    }
+                    Some(end) if end.skipped => {}
+                    Some(end) => {
+                        counted += 1;
+                        succeeded += usize::from(end.satisfied);
+                    }
+                }
+            }
+            let required = step.join.required(counted);
+            if succeeded < required {
+                if succeeded + pending < required {
+                    ended.insert(&step.id, Ended::skipped());
+                }
+                continue;
+            }
+            let state = self.step_state(step, run, context, forced);
+            match state {
+                StepState::Ended(end) => {
+                    if let Some(output) = &end.output {
+                        context.add_step_output(&step.id, output);
+                    }
+                    match &end.failure {
+                        Some(error) => match self.handler_state(playbook, step, run, error, forced)
+                        {
+                            HandlerState::Run(unit) => units.push(unit),
+                            HandlerState::Waiting(at) => wake = Some(earliest(wake, at)),
+                            HandlerState::Parked(handler) => parked = parked.or(Some(handler)),
+                            HandlerState::Ended if step.on_error == OnError::Fail => {
+                                return Plan::Fail(step, Some(error.clone()));
+                            }
+                            HandlerState::Ended => {
+                                ended.insert(
+                                    &step.id,
+                                    Ended {
+                                        satisfied: true,
+                                        ..end
+                                    },
+                                );
+                            }
+                        },
+                        None => {
+                            ended.insert(&step.id, end);
+                        }
+                    }
+                }
+                StepState::Open {
+                    units: ready,
+                    wake: at,
+                    parked: stopped,
+                } => {
+                    units.extend(ready);
+                    if let Some(at) = at {
+                        wake = Some(earliest(wake, at));
+                    }
+                    if stopped {
+                        parked = parked.or(Some(step));
+                    }
+                }
+            }
+        }
+        if !units.is_empty() {
+            return Plan::Work(units);
+        }
+        if let Some(step) = parked {
+            return Plan::Park(step);
+        }
+        if let Some(at) = wake {
+            return Plan::Wait(at);
+        }
+        Plan::Done
+    }
+
+    /// Where `step` stands in `run`'s journal.
+    fn step_state<'p>(
+        &self,
+        step: &'p Step,
+        run: &RunRecord,
+        context: &RunContext,
+        forced: Option<&str>,
+    ) -> StepState<'p> {
+        let Some(expression) = &step.for_each else {
+            let latest = latest_record(run, &step.id, None, None);
+            return match self.slot_state(step, run, latest, None, forced) {
+                SlotState::Ended(record) => StepState::Ended(Ended::from_record(&record)),
+                SlotState::Run(unit) => StepState::open(vec![unit], None, false),
+                SlotState::Waiting(at) => StepState::open(Vec::new(), Some(at), false),
+                SlotState::Parked => StepState::open(Vec::new(), None, true),
+            };
+        };
+        if let Some((_, record)) = latest_record(run, &step.id, None, None) {
+            // The list itself could not be evaluated.
+            return StepState::Ended(Ended::from_record(record));
+        }
+        let items = match self.templates.eval(expression, &context.value()) {
+            Ok(Value::Array(items)) if items.len() <= MAX_ITEMS => items,
+            Ok(Value::Array(items)) => {
+                let message = format!(
+                    "`for_each` gave {} items, over the limit of {MAX_ITEMS}",
+                    items.len()
+                );
+                return StepState::open(vec![Unit::list_failure(step, message)], None, false);
+            }
+            Ok(Value::Null) => Vec::new(),
+            Ok(other) => {
+                let message = format!("`for_each` gave {}, not a list", type_name(&other));
+                return StepState::open(vec![Unit::list_failure(step, message)], None, false);
+            }
+            Err(message) => {
+                return StepState::open(vec![Unit::list_failure(step, message)], None, false);
+            }
+        };
+        let mut outputs = Vec::with_capacity(items.len());
+        let mut failure = None;
+        let mut ready = Vec::new();
+        let mut wake = None;
+        let mut parked = false;
+        let mut open = false;
+        for (position, item) in items.into_iter().enumerate() {
+            let position = position as u32;
+            let latest = latest_record(run, &step.id, Some(position), None);
+            match self.slot_state(step, run, latest, Some((position, item)), forced) {
+                SlotState::Ended(record) => {
+                    outputs.push(record.output.clone().unwrap_or(Value::Null));
+                    if record.status == StepStatus::Failed && failure.is_none() {
+                        failure = record.error.clone().map(|error| StepError {
+                            kind: error.kind,
+                            message: format!("item {position}: {}", error.message),
+                        });
+                    }
+                }
+                SlotState::Run(unit) => {
+                    open = true;
+                    if ready.len() < step.concurrency as usize {
+                        ready.push(unit);
+                    }
+                }
+                SlotState::Waiting(at) => {
+                    open = true;
+                    wake = Some(earliest(wake, at));
+                }
+                SlotState::Parked => {
+                    open = true;
+                    parked = true;
+                }
+            }
+        }
+        if open {
+            return StepState::open(ready, wake, parked);
+        }
+        StepState::Ended(Ended {
+            skipped: false,
+            satisfied: failure.is_none(),
+            output: Some(Value::Array(outputs)),
+            failure,
+        })
+    }
+
+    /// Where one attempt slot (the step, or one item of it) stands, given
+    /// its latest journal record.
+    fn slot_state<'p>(
+        &self,
+        step: &'p Step,
+        run: &RunRecord,
+        latest: Option<(usize, &StepRecord)>,
+        item: Option<(u32, Value)>,
+        forced: Option<&str>,
+    ) -> SlotState<'p> {
+        let Some((index, record)) = latest else {
+            return SlotState::Run(Unit::attempt(step, run.steps.len(), 1, item, true));
+        };
+        match record.status {
+            StepStatus::Succeeded | StepStatus::Skipped => SlotState::Ended(record.clone()),
+            StepStatus::Failed => match record.retry_at {
+                Some(at) if at > Utc::now() => SlotState::Waiting(at),
+                Some(_) => SlotState::Run(Unit::attempt(
+                    step,
+                    run.steps.len(),
+                    record.attempt + 1,
+                    item,
+                    true,
+                )),
+                None => SlotState::Ended(record.clone()),
+            },
+            StepStatus::Started => {
+                let (plugin, action) = step.target();
+                let policy =
+                    step.on_interrupt
+                        .unwrap_or(if self.caller.has_side_effects(plugin, action) {
+                            OnInterrupt::Park
+                        } else {
+                            OnInterrupt::Retry
+                        });
+                if policy == OnInterrupt::Park && forced != Some(step.id.as_str()) {
+                    return SlotState::Parked;
+                }
+                SlotState::Run(Unit::attempt(step, index, record.attempt, item, false))
+            }
+        }
+    }
+
+    /// Where the handler of failed step `step` stands.
+    fn handler_state<'p>(
+        &self,
+        playbook: &'p Playbook,
+        step: &'p Step,
+        run: &RunRecord,
+        error: &StepError,
+        forced: Option<&str>,
+    ) -> HandlerState<'p> {
+        let Some(handler) = step
+            .handler
+            .as_ref()
+            .and_then(|id| playbook.handlers.iter().find(|h| &h.id == id))
+        else {
+            return HandlerState::Ended;
+        };
+        let latest = latest_record(run, &handler.id, None, Some(&step.id));
+        let failure = json!({ "step": step.id, "kind": error.kind, "message": error.message });
+        match self.slot_state(handler, run, latest, None, forced) {
+            SlotState::Ended(_) => HandlerState::Ended,
+            SlotState::Run(mut unit) => {
+                unit.handles = Some((step.id.clone(), failure));
+                HandlerState::Run(unit)
+            }
+            SlotState::Waiting(at) => HandlerState::Waiting(at),
+            SlotState::Parked => HandlerState::Parked(handler),
+        }
+    }
+
+    /// Runs one unit of work: an attempt of a step, an item or a handler,
+    /// or records that a `for_each` list could not be had.
+    async fn run_unit(
         &self,
         run: &RunRecord,
-        step: &Step,
-        index: usize,
-        attempt: u32,
+        unit: &Unit<'_>,
+        journal: &std::sync::Mutex<Vec<StepRecord>>,
         context: &RunContext,
-    ) -> Result<StepRecord, EngineError> {
-        let key = run
-            .steps
-            .get(index)
-            .and_then(|record| record.idempotency_key.clone())
-            .unwrap_or_else(|| idempotency_key(run, &step.id));
+    ) -> Result<(), EngineError> {
+        let step = unit.step;
+        let lock = || journal.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(message) = &unit.list_failure {
+            let record = runner::failed_record(step, "expression", message.clone());
+            let index = push_record(&mut lock(), record.clone());
+            self.store.put_step(&run.id, index, &record)?;
+            return Ok(());
+        }
+        let slot = match (&unit.item, &unit.handles) {
+            (Some((position, _)), _) => format!("{}#{position}", step.id),
+            (None, Some((failed, _))) => format!("{}@{failed}", step.id),
+            (None, None) => step.id.clone(),
+        };
+        // A retried interruption keeps its key; a new attempt derives it.
+        let key = {
+            let journal = lock();
+            journal
+                .get(unit.index)
+                .filter(|_| !unit.new_record)
+                .and_then(|record| record.idempotency_key.clone())
+                .unwrap_or_else(|| idempotency_key(run, &slot))
+        };
+        let context_value = match (&unit.item, &unit.handles) {
+            (Some((_, item)), _) => context.with_item(item),
+            (None, Some((_, failure))) => context.with_error(failure),
+            (None, None) => context.value(),
+        };
+        let prepared = runner::prepare(&self.templates, step, &context_value, unit.attempt, &key);
         let (plugin, action) = step.target();
         let mut side_effects = false;
-        let mut record =
-            match runner::prepare(&self.templates, step, &context.value(), attempt, &key) {
-                Prepared::Done(record) => record,
-                Prepared::Call(started) => {
-                    self.store.put_step(&run.id, index, &started)?;
-                    side_effects = self.caller.has_side_effects(plugin, action);
-                    if side_effects {
-                        // The side effect may happen as soon as the plugin runs,
-                        // so the journal must know first.
-                        self.store.flush()?;
-                    }
-                    runner::call(self.caller.as_ref(), step, &run.id, started).await
+        let (index, mut record) = match prepared {
+            Prepared::Done(record) => {
+                let record = unit.label(record);
+                let index = self.place(run, unit, &mut lock(), record.clone());
+                (index, record)
+            }
+            Prepared::Call(started) => {
+                let started = unit.label(started);
+                let index = self.place(run, unit, &mut lock(), started.clone());
+                self.store.put_step(&run.id, index, &started)?;
+                side_effects = self.caller.has_side_effects(plugin, action);
+                if side_effects {
+                    // The side effect may happen as soon as the plugin runs,
+                    // so the journal must know first.
+                    self.store.flush()?;
                 }
-            };
+                let record = runner::call(self.caller.as_ref(), step, &run.id, started).await;
+                (index, record)
+            }
+        };
         if record.status == StepStatus::Failed {
             runner::schedule_retry(step, &mut record, Utc::now());
             if let Some(error) = &record.error {
                 tracing::warn!(
                     run.id = %run.id,
                     step.id = %step.id,
+                    item = ?record.item,
                     plugin.action = %step.uses,
-                    attempt,
+                    attempt = record.attempt,
                     error.kind = %error.kind,
                     error = %error.message,
                     retry_at = ?record.retry_at,
@@ -556,9 +806,12 @@ impl<C: PluginCaller> Engine<C> {
                 );
             }
         }
+        lock()[index] = record.clone();
         self.store.put_step(&run.id, index, &record)?;
         let detail = json!({
             "step": record.id,
+            "item": record.item,
+            "handles": record.handles,
             "uses": record.uses,
             "step_status": record.status,
             "attempt": record.attempt,
@@ -574,7 +827,24 @@ impl<C: PluginCaller> Engine<C> {
             // `started` and retry or park a side effect that happened.
             self.store.flush()?;
         }
-        Ok(record)
+        Ok(())
+    }
+
+    /// Puts `record` at the unit's journal position: its own for a retried
+    /// interruption, or a new one at the end.
+    fn place(
+        &self,
+        _run: &RunRecord,
+        unit: &Unit<'_>,
+        journal: &mut Vec<StepRecord>,
+        record: StepRecord,
+    ) -> usize {
+        if unit.new_record {
+            push_record(journal, record)
+        } else {
+            journal[unit.index] = record;
+            unit.index
+        }
     }
 
     fn wait(
@@ -645,6 +915,182 @@ impl<C: PluginCaller> Engine<C> {
             json!({ "error_kind": error_kind }),
         )?;
         Ok(run)
+    }
+}
+
+/// Largest `for_each` list a step takes.
+const MAX_ITEMS: usize = 1_000;
+
+/// What comes next for a run.
+enum Plan<'p> {
+    /// Attempts that can run now, together.
+    Work(Vec<Unit<'p>>),
+    /// Nothing can run: a step with side effects was interrupted.
+    Park(&'p Step),
+    /// Nothing can run before this time.
+    Wait(DateTime<Utc>),
+    /// A step failed for good and its `on_error` is `fail`.
+    Fail(&'p Step, Option<StepError>),
+    /// Every step ended.
+    Done,
+}
+
+/// How a step ended, as its dependents see it.
+#[derive(Clone, Debug)]
+struct Ended {
+    /// The step's `if` was false, or too few of its needed steps succeeded.
+    skipped: bool,
+    /// Counts as a success for the steps that need it.
+    satisfied: bool,
+    output: Option<Value>,
+    failure: Option<StepError>,
+}
+
+impl Ended {
+    fn skipped() -> Self {
+        Self {
+            skipped: true,
+            satisfied: false,
+            output: None,
+            failure: None,
+        }
+    }
+
+    fn from_record(record: &StepRecord) -> Self {
+        match record.status {
+            StepStatus::Skipped => Self::skipped(),
+            StepStatus::Failed => Self {
+                skipped: false,
+                satisfied: false,
+                output: None,
+                failure: record.error.clone(),
+            },
+            _ => Self {
+                skipped: false,
+                satisfied: true,
+                output: record.output.clone(),
+                failure: None,
+            },
+        }
+    }
+}
+
+enum StepState<'p> {
+    Ended(Ended),
+    /// Not ended: attempts ready to run, the earliest retry, and whether an
+    /// attempt is parked.
+    Open {
+        units: Vec<Unit<'p>>,
+        wake: Option<DateTime<Utc>>,
+        parked: bool,
+    },
+}
+
+impl<'p> StepState<'p> {
+    fn open(units: Vec<Unit<'p>>, wake: Option<DateTime<Utc>>, parked: bool) -> Self {
+        Self::Open {
+            units,
+            wake,
+            parked,
+        }
+    }
+}
+
+enum SlotState<'p> {
+    Ended(StepRecord),
+    Run(Unit<'p>),
+    Waiting(DateTime<Utc>),
+    Parked,
+}
+
+enum HandlerState<'p> {
+    Ended,
+    Run(Unit<'p>),
+    Waiting(DateTime<Utc>),
+    Parked(&'p Step),
+}
+
+/// One attempt to run: of a step, of one item of a `for_each` step, or of
+/// a handler.
+struct Unit<'p> {
+    step: &'p Step,
+    /// Journal position of the record a retried interruption overwrites.
+    index: usize,
+    /// Whether the attempt gets a new journal record.
+    new_record: bool,
+    attempt: u32,
+    item: Option<(u32, Value)>,
+    /// For a handler: the failed step and its error, as `error`.
+    handles: Option<(String, Value)>,
+    /// Set when the `for_each` list could not be had: the unit only
+    /// records that failure.
+    list_failure: Option<String>,
+}
+
+impl<'p> Unit<'p> {
+    fn attempt(
+        step: &'p Step,
+        index: usize,
+        attempt: u32,
+        item: Option<(u32, Value)>,
+        new_record: bool,
+    ) -> Self {
+        Self {
+            step,
+            index,
+            new_record,
+            attempt,
+            item,
+            handles: None,
+            list_failure: None,
+        }
+    }
+
+    fn list_failure(step: &'p Step, message: String) -> Self {
+        Self {
+            list_failure: Some(message),
+            ..Self::attempt(step, 0, 1, None, true)
+        }
+    }
+
+    /// Marks `record` with the unit's item and handled step.
+    fn label(&self, mut record: StepRecord) -> StepRecord {
+        record.item = self.item.as_ref().map(|(position, _)| *position);
+        record.handles = self.handles.as_ref().map(|(step, _)| step.clone());
+        record
+    }
+}
+
+/// The last journal record of step `id`, for item `item`, handling the
+/// failure of step `handles`, with its position.
+fn latest_record<'r>(
+    run: &'r RunRecord,
+    id: &str,
+    item: Option<u32>,
+    handles: Option<&str>,
+) -> Option<(usize, &'r StepRecord)> {
+    run.steps.iter().enumerate().rev().find(|(_, record)| {
+        record.id == id && record.item == item && record.handles.as_deref() == handles
+    })
+}
+
+fn push_record(journal: &mut Vec<StepRecord>, record: StepRecord) -> usize {
+    journal.push(record);
+    journal.len() - 1
+}
+
+fn earliest(current: Option<DateTime<Utc>>, at: DateTime<Utc>) -> DateTime<Utc> {
+    current.map_or(at, |current| current.min(at))
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
     }
 }
 

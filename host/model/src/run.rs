@@ -63,6 +63,13 @@ pub struct StepRecord {
     /// `plugin.action` the step called.
     pub uses: String,
     pub status: StepStatus,
+    /// Position of the item in the step's `for_each` list, for a step that
+    /// runs once per item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<u32>,
+    /// For a run of an error handler, the step whose failure it handles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handles: Option<String>,
     /// Attempt number, from 1. A retried step has one record per attempt.
     #[serde(default = "first_attempt")]
     pub attempt: u32,

@@ -1051,6 +1051,8 @@ mod tests {
             id: id.into(),
             uses: "noop.echo".into(),
             status: palisade_model::StepStatus::Succeeded,
+            item: None,
+            handles: None,
             attempt: 1,
             idempotency_key: None,
             retry_at: None,
