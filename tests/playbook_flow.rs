@@ -20,11 +20,18 @@ const ALERT: &str = r#"{"timestamp":"2026-12-04T10:00:00.000+0000","rule":{"leve
 /// Builds a host whose only playbook is `playbook`, with the ticketing
 /// plugin granted `origin`.
 async fn build(dir: &Path, playbook: &str, origin: &str) -> Host {
-    let playbooks = dir.join("playbooks");
-    std::fs::create_dir_all(&playbooks).unwrap();
-    std::fs::write(playbooks.join("flow.yaml"), playbook).unwrap();
-    let config = Config::load(Some(&write_ticketing_config(dir, &playbooks, origin))).unwrap();
-    host::build(&config, None).await.unwrap()
+    build_all(dir, &[playbook], origin).await.unwrap()
+}
+
+/// Builds a host with every playbook of `playbooks`.
+async fn build_all(dir: &Path, playbooks: &[&str], origin: &str) -> anyhow::Result<Host> {
+    let folder = dir.join("playbooks");
+    std::fs::create_dir_all(&folder).unwrap();
+    for (position, text) in playbooks.iter().enumerate() {
+        std::fs::write(folder.join(format!("flow-{position}.yaml")), text).unwrap();
+    }
+    let config = Config::load(Some(&write_ticketing_config(dir, &folder, origin))).unwrap();
+    host::build(&config, None).await
 }
 
 /// Ingests the test alert and returns its one run.
@@ -439,4 +446,231 @@ steps:
         resumed.steps[index].idempotency_key, run.steps[index].idempotency_key,
         "the retried item keeps its key"
     );
+}
+
+/// Enriches one observable; called by the main playbook once per item.
+const ENRICH: &str = r#"
+name: enrich-observable
+inputs:
+  observable: { required: true }
+  label: { default: "seen" }
+steps:
+  - id: describe
+    uses: noop.echo
+    with:
+      value: "{{ inputs.observable.value }}"
+      label: "{{ inputs.label }}"
+outputs:
+  summary: "{{ steps.describe.label }} {{ steps.describe.value }}"
+"#;
+
+const MAIN: &str = r#"
+name: main-triage
+trigger: { source: wazuh }
+steps:
+  - id: extract
+    uses: ioc-extractor.extract
+    with: { document: "{{ alert.raw }}" }
+  - id: enrich
+    for_each: "steps.extract.observables | rejectattr('internal') | list"
+    concurrency: 2
+    playbook: enrich-observable
+    with: { observable: "{{ item }}" }
+  - id: report
+    uses: noop.echo
+    with: { summaries: "{{ steps.enrich | map(attribute='summary') | list }}" }
+"#;
+
+#[tokio::test]
+async fn sub_playbook_runs_per_item_and_returns_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let tickets = start_ticket_server(Behaviour::default()).await;
+    let host = build_all(dir.path(), &[MAIN, ENRICH], &tickets.origin())
+        .await
+        .unwrap();
+    let run = run_once(&host).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(
+        record(&run, "report").output,
+        Some(json!({"summaries": ["seen 198.51.100.7"]}))
+    );
+    let call = record(&run, "enrich");
+    assert_eq!(call.uses, "playbook:enrich-observable");
+    let child_id = call.child_run.clone().expect("the step names its run");
+    let child = host.store.run(&child_id).unwrap().unwrap();
+    assert_eq!(child.playbook, "enrich-observable");
+    assert_eq!(child.status, RunStatus::Succeeded);
+    assert_eq!(child.inputs["label"], "seen", "the default applies");
+    assert_eq!(child.parent.as_ref().unwrap().run_id, run.id);
+    assert_eq!(child.parent.as_ref().unwrap().depth, 1);
+    assert_eq!(child.outputs, Some(json!({"summary": "seen 198.51.100.7"})));
+    // The sub-playbook has no trigger, so the alert started only one run.
+    assert_eq!(
+        host.store
+            .run_of_alert(&run.alert_id, "enrich-observable")
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn sub_playbook_calls_are_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let tickets = start_ticket_server(Behaviour::default()).await;
+    let calls = |name: &str, calls: &str| {
+        format!("name: {name}\nsteps:\n  - {{ id: call, playbook: {calls} }}\n")
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![calls("a", "b"), calls("b", "c"), calls("c", "a")],
+            "a -> b -> c -> a",
+        ),
+        (vec![calls("a", "a")], "calls itself"),
+        (
+            vec![calls("a", "missing")],
+            "\"missing\", which is not loaded",
+        ),
+        (
+            vec![
+                MAIN.replace("observable: \"{{ item }}\"", "colour: red"),
+                ENRICH.to_string(),
+            ],
+            "has no input \"colour\"",
+        ),
+        (
+            vec![
+                MAIN.replace("observable: \"{{ item }}\"", "label: x"),
+                ENRICH.to_string(),
+            ],
+            "needs input \"observable\"",
+        ),
+        (
+            vec![ENRICH.replace(
+                "name: enrich-observable",
+                "name: e\ntrigger: { source: wazuh }",
+            )],
+            "input \"observable\" is required",
+        ),
+    ];
+    for (position, (playbooks, expected)) in cases.into_iter().enumerate() {
+        let case_dir = dir.path().join(position.to_string());
+        std::fs::create_dir_all(&case_dir).unwrap();
+        let texts: Vec<&str> = playbooks.iter().map(String::as_str).collect();
+        let error = match build_all(&case_dir, &texts, &tickets.origin()).await {
+            Ok(_) => panic!("case {position} loaded; expected {expected:?}"),
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains(expected),
+            "expected {expected:?} in {error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sub_playbook_failure_reaches_the_calling_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let tickets = start_ticket_server(Behaviour {
+        fail_first: 10,
+        ..Behaviour::default()
+    })
+    .await;
+    let child = r#"
+name: open-ticket
+inputs:
+  title: { required: true }
+steps:
+  - id: ticket
+    uses: ticketing.open-ticket
+    with: { title: "{{ inputs.title }}" }
+outputs:
+  id: "{{ steps.ticket.ticket_id }}"
+"#;
+    let parent = r#"
+name: parent
+trigger: { source: wazuh }
+steps:
+  - id: call
+    playbook: open-ticket
+    on_error: continue
+    with: { title: "{{ alert.rule.name }}" }
+  - id: after
+    uses: noop.echo
+    with: { ticket: "{{ steps.call.id }}" }
+"#;
+    let host = build_all(dir.path(), &[parent, child], &tickets.origin())
+        .await
+        .unwrap();
+    let run = run_once(&host).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+    let call = record(&run, "call");
+    assert_eq!(call.status, StepStatus::Failed);
+    let error = call.error.as_ref().unwrap();
+    assert_eq!(error.kind, "upstream");
+    assert!(
+        error.message.contains("playbook \"open-ticket\""),
+        "{}",
+        error.message
+    );
+    assert_eq!(record(&run, "after").output, Some(json!({"ticket": null})));
+    let child = host
+        .store
+        .run(call.child_run.as_ref().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(child.status, RunStatus::Failed);
+}
+
+#[tokio::test]
+async fn waiting_sub_playbook_makes_the_caller_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let tickets = start_ticket_server(Behaviour {
+        fail_first: 1,
+        ..Behaviour::default()
+    })
+    .await;
+    let child = r#"
+name: open-ticket
+steps:
+  - id: ticket
+    uses: ticketing.open-ticket
+    retry: { attempts: 2, backoff: 500ms, jitter: false }
+    with: { title: "x", alert_id: "a" }
+outputs:
+  id: "{{ steps.ticket.ticket_id }}"
+"#;
+    let parent = r#"
+name: parent
+trigger: { source: wazuh }
+steps:
+  - id: call
+    playbook: open-ticket
+  - id: after
+    uses: noop.echo
+    with: { ticket: "{{ steps.call.id }}" }
+"#;
+    let host = build_all(dir.path(), &[parent, child], &tickets.origin())
+        .await
+        .unwrap();
+    let run = run_once(&host).await;
+    let child_id = record(&run, "call").child_run.clone().unwrap();
+    let child = host.store.run(&child_id).unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Waiting, "{child:#?}");
+    let wake_at = run.wake_at.unwrap();
+    let child_id = record(&run, "call").child_run.clone().unwrap();
+    let child = host.store.run(&child_id).unwrap().unwrap();
+    assert_eq!(child.status, RunStatus::Waiting);
+    assert_eq!(child.wake_at, Some(wake_at));
+    // Only the top-level run has a timer.
+    let due = host.store.due_runs(wake_at, 10).unwrap();
+    assert_eq!(
+        due.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        [run.id.as_str()]
+    );
+
+    tokio::time::sleep((wake_at - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+    let run = host.engine.resume_run(&run.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(record(&run, "after").output, Some(json!({"ticket": "T-1"})));
+    assert_eq!(tickets.requests().len(), 2);
 }

@@ -124,6 +124,9 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
         steps: Vec::new(),
         error: None,
         wake_at: None,
+        parent: None,
+        inputs: serde_json::Value::Null,
+        outputs: None,
     };
 
     // Warm up both paths so first-call costs do not count.
@@ -158,6 +161,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
                 status: StepStatus::Started,
                 item: None,
                 handles: None,
+                child_run: None,
                 attempt: 1,
                 idempotency_key: None,
                 retry_at: None,

@@ -77,7 +77,9 @@ impl<C: PluginCaller> Engine<C> {
     ) -> Result<Self, EngineError> {
         for playbook in &playbooks {
             check_targets(playbook, caller.as_ref())?;
+            check_calls(playbook, &playbooks)?;
         }
+        check_recursion(&playbooks)?;
         Ok(Self {
             store,
             caller,
@@ -101,7 +103,9 @@ impl<C: PluginCaller> Engine<C> {
         self.playbooks
             .iter()
             .filter(|playbook| {
-                let trigger = &playbook.trigger;
+                let Some(trigger) = &playbook.trigger else {
+                    return false;
+                };
                 let source_matches = trigger
                     .source
                     .as_ref()
@@ -163,6 +167,84 @@ fn check_targets<C: PluginCaller>(playbook: &Playbook, caller: &C) -> Result<(),
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks that every sub-playbook `playbook` calls is loaded, that a
+/// `with` written as an object gives only inputs it declares and all it
+/// requires, and that a playbook with a trigger requires no input.
+fn check_calls(playbook: &Playbook, all: &[Playbook]) -> Result<(), EngineError> {
+    let path = playbook.path.display();
+    if playbook.trigger.is_some()
+        && let Some((name, _)) = playbook.inputs.iter().find(|(_, input)| input.required)
+    {
+        return Err(EngineError::Playbook(format!(
+            "{path}: input {name:?} is required, but a playbook with a trigger runs on alerts with no inputs; give it a default or remove the trigger"
+        )));
+    }
+    for step in playbook.steps.iter().chain(&playbook.handlers) {
+        let Some(name) = step.sub_playbook() else {
+            continue;
+        };
+        let Some(called) = all.iter().find(|candidate| candidate.name == name) else {
+            let known: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+            return Err(EngineError::Playbook(format!(
+                "{path}: step {:?} calls playbook {name:?}, which is not loaded; the loaded playbooks are: {}",
+                step.id,
+                known.join(", ")
+            )));
+        };
+        if let Value::Object(given) = &step.with {
+            called
+                .resolve_inputs(&Value::Object(given.clone()))
+                .map_err(|error| {
+                    EngineError::Playbook(format!("{path}: step {:?}: {error}", step.id))
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Rejects playbooks that call themselves, directly or through others,
+/// naming the chain of calls.
+fn check_recursion(playbooks: &[Playbook]) -> Result<(), EngineError> {
+    fn visit<'a>(
+        name: &'a str,
+        playbooks: &'a [Playbook],
+        chain: &mut Vec<&'a str>,
+        done: &mut HashSet<&'a str>,
+    ) -> Result<(), EngineError> {
+        if let Some(start) = chain.iter().position(|seen| *seen == name) {
+            let mut cycle: Vec<&str> = chain[start..].to_vec();
+            cycle.push(name);
+            let path = playbooks
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.path.display().to_string())
+                .unwrap_or_default();
+            return Err(EngineError::Playbook(format!(
+                "{path}: playbook {name:?} calls itself: {}; a sub-playbook may not call a playbook that called it",
+                cycle.join(" -> ")
+            )));
+        }
+        if done.contains(name) {
+            return Ok(());
+        }
+        let Some(playbook) = playbooks.iter().find(|p| p.name == name) else {
+            return Ok(());
+        };
+        chain.push(name);
+        for called in playbook.sub_playbooks() {
+            visit(called, playbooks, chain, done)?;
+        }
+        chain.pop();
+        done.insert(name);
+        Ok(())
+    }
+    let mut done = HashSet::new();
+    for playbook in playbooks {
+        visit(&playbook.name, playbooks, &mut Vec::new(), &mut done)?;
     }
     Ok(())
 }

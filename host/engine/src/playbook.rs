@@ -134,8 +134,13 @@ impl Retry {
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub id: String,
-    /// `plugin.action`.
+    /// `plugin.action`, or `playbook:NAME` for a step that calls a
+    /// sub-playbook (written `playbook: NAME` in the file).
+    #[serde(default)]
     pub uses: String,
+    /// Name of a sub-playbook to run with `with` as its inputs; the step's
+    /// output is the sub-playbook's outputs.
+    pub playbook: Option<String>,
     /// Expression that must be true for the step to run.
     #[serde(rename = "if")]
     pub condition: Option<String>,
@@ -232,6 +237,11 @@ impl Step {
         self.uses.split_once('.').unwrap_or((&self.uses, ""))
     }
 
+    /// Name of the sub-playbook the step calls, if it calls one.
+    pub fn sub_playbook(&self) -> Option<&str> {
+        self.playbook.as_deref()
+    }
+
     /// Ids of the steps this one waits for: its `needs`, or the step before
     /// it in `steps` when `needs` is unset.
     pub fn dependencies<'a>(&'a self, before: Option<&'a Step>) -> Vec<&'a str> {
@@ -256,6 +266,19 @@ pub struct CaseUpdate {
     pub score: Option<String>,
 }
 
+/// One input of a playbook.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    #[serde(default)]
+    pub description: String,
+    /// A calling step must give the input.
+    #[serde(default)]
+    pub required: bool,
+    /// Value when a calling step does not give the input.
+    pub default: Option<Value>,
+}
+
 /// A parsed and checked playbook.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,8 +286,16 @@ pub struct Playbook {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Alerts the playbook runs on. A playbook without one runs only when
+    /// another calls it as a sub-playbook.
+    pub trigger: Option<Trigger>,
+    /// Inputs a calling step may give, by name.
     #[serde(default)]
-    pub trigger: Trigger,
+    pub inputs: BTreeMap<String, Input>,
+    /// Values the run returns to a calling step, by name: expressions over
+    /// the run's context, evaluated when it ends.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
     pub steps: Vec<Step>,
     /// Steps run only as the `handler` of a failed step.
     #[serde(default)]
@@ -325,6 +356,11 @@ impl Playbook {
             path: shown,
             message,
         })?;
+        for step in playbook.steps.iter_mut().chain(&mut playbook.handlers) {
+            if let Some(name) = &step.playbook {
+                step.uses = format!("playbook:{name}");
+            }
+        }
         Ok(playbook)
     }
 
@@ -371,7 +407,11 @@ impl Playbook {
             return Err("`steps` is empty; a playbook needs at least one step".into());
         }
         let templates = Templates::new();
-        if let Some(when) = &self.trigger.when {
+        if let Some(when) = self
+            .trigger
+            .as_ref()
+            .and_then(|trigger| trigger.when.as_ref())
+        {
             templates
                 .check_expression(when)
                 .map_err(|error| format!("trigger.when {when:?}: {error}"))?;
@@ -419,6 +459,13 @@ impl Playbook {
                 check_step_references(value, &seen)
                     .map_err(|error| format!("case.{field}: {error}"))?;
             }
+        }
+        for (name, value) in &self.outputs {
+            templates
+                .check_value(&Value::String(value.clone()))
+                .map_err(|error| format!("outputs.{name}: {error}"))?;
+            check_step_references(value, &seen)
+                .map_err(|error| format!("outputs.{name}: {error}"))?;
         }
         Ok(())
     }
@@ -528,12 +575,26 @@ impl Playbook {
                 ));
             }
         }
-        let (plugin, action) = step.target();
-        if plugin.is_empty() || action.is_empty() {
-            return Err(format!(
-                "step {id:?}: `uses: {}` is invalid; write plugin.action, such as ioc-extractor.extract",
-                step.uses
-            ));
+        match &step.playbook {
+            Some(name) if !step.uses.is_empty() => {
+                return Err(format!(
+                    "step {id:?} has both `uses: {}` and `playbook: {name}`; give one",
+                    step.uses
+                ));
+            }
+            Some(name) if name.trim().is_empty() => {
+                return Err(format!("step {id:?}: `playbook` is empty; name a playbook"));
+            }
+            Some(_) => {}
+            None => {
+                let (plugin, action) = step.target();
+                if plugin.is_empty() || action.is_empty() {
+                    return Err(format!(
+                        "step {id:?}: `uses: {}` is invalid; write plugin.action, such as ioc-extractor.extract, or call a playbook with `playbook: NAME`",
+                        step.uses
+                    ));
+                }
+            }
         }
         if let Some(condition) = &step.condition {
             templates
@@ -552,10 +613,73 @@ impl Playbook {
         Ok(())
     }
 
+    /// Names of the sub-playbooks the playbook calls.
+    pub fn sub_playbooks(&self) -> BTreeSet<&str> {
+        self.steps
+            .iter()
+            .chain(&self.handlers)
+            .filter_map(Step::sub_playbook)
+            .collect()
+    }
+
+    /// Inputs of a run: `given` (an object or null) checked against the
+    /// declared inputs, with defaults for those not given.
+    pub fn resolve_inputs(&self, given: &Value) -> Result<Value, String> {
+        let empty = serde_json::Map::new();
+        let given = match given {
+            Value::Null => &empty,
+            Value::Object(map) => map,
+            other => {
+                return Err(format!(
+                    "the inputs of playbook {:?} must be an object of names and values, not {other}",
+                    self.name
+                ));
+            }
+        };
+        let mut inputs = serde_json::Map::new();
+        for name in given.keys() {
+            if !self.inputs.contains_key(name) {
+                let known: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "playbook {:?} has no input {name:?}; its inputs are: {}",
+                    self.name,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+        }
+        for (name, input) in &self.inputs {
+            match (given.get(name), &input.default) {
+                (Some(value), _) => {
+                    inputs.insert(name.clone(), value.clone());
+                }
+                (None, _) if input.required => {
+                    return Err(format!(
+                        "playbook {:?} needs input {name:?}; give it in the calling step's `with`",
+                        self.name
+                    ));
+                }
+                (None, Some(default)) => {
+                    inputs.insert(name.clone(), default.clone());
+                }
+                (None, None) => {
+                    inputs.insert(name.clone(), Value::Null);
+                }
+            }
+        }
+        Ok(Value::Object(inputs))
+    }
+
     /// `plugin.action` pairs the playbook uses.
     pub fn targets(&self) -> BTreeMap<&str, BTreeSet<&str>> {
         let mut targets: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for step in self.steps.iter().chain(&self.handlers) {
+            if step.playbook.is_some() {
+                continue;
+            }
             let (plugin, action) = step.target();
             targets.entry(plugin).or_default().insert(action);
         }

@@ -59,6 +59,7 @@ pub trait PluginCaller: Send + Sync + 'static {
 pub(crate) struct RunContext {
     alert: minijinja::Value,
     case: minijinja::Value,
+    inputs: minijinja::Value,
     steps: BTreeMap<String, minijinja::Value>,
 }
 
@@ -67,8 +68,14 @@ impl RunContext {
         Self {
             alert: minijinja::Value::from_serialize(alert),
             case: minijinja::Value::from_serialize(json!({ "id": case_id })),
+            inputs: minijinja::Value::from_serialize(json!({})),
             steps: BTreeMap::new(),
         }
+    }
+
+    /// Sets the run's inputs, read as `inputs`.
+    pub fn set_inputs(&mut self, inputs: &Value) {
+        self.inputs = minijinja::Value::from_serialize(inputs);
     }
 
     pub fn add_step_output(&mut self, step_id: &str, output: &Value) {
@@ -83,6 +90,7 @@ impl RunContext {
         minijinja::context! {
             alert => self.alert.clone(),
             case => self.case.clone(),
+            inputs => self.inputs.clone(),
             steps => minijinja::Value::from(self.steps.clone()),
         }
     }
@@ -92,6 +100,7 @@ impl RunContext {
         minijinja::context! {
             alert => self.alert.clone(),
             case => self.case.clone(),
+            inputs => self.inputs.clone(),
             steps => minijinja::Value::from(self.steps.clone()),
             item => minijinja::Value::from_serialize(item),
         }
@@ -102,6 +111,7 @@ impl RunContext {
         minijinja::context! {
             alert => self.alert.clone(),
             case => self.case.clone(),
+            inputs => self.inputs.clone(),
             steps => minijinja::Value::from(self.steps.clone()),
             error => minijinja::Value::from_serialize(error),
         }
@@ -132,6 +142,7 @@ pub(crate) fn prepare(
         status: StepStatus::Skipped,
         item: None,
         handles: None,
+        child_run: None,
         attempt,
         idempotency_key: Some(idempotency_key.to_string()),
         retry_at: None,
@@ -258,6 +269,7 @@ pub(crate) fn failed_record(step: &Step, kind: &str, message: String) -> StepRec
         status: StepStatus::Failed,
         item: None,
         handles: None,
+        child_run: None,
         attempt: 1,
         idempotency_key: None,
         retry_at: None,
@@ -281,6 +293,31 @@ fn failed(mut record: StepRecord, kind: &str, message: String, started: Instant)
         message,
     });
     record
+}
+
+/// Evaluates the playbook's `outputs` section against the finished run.
+/// Returns the outputs as an object (an output that fails to evaluate is
+/// null) and the errors met.
+pub(crate) fn outputs(
+    templates: &Templates,
+    playbook: &Playbook,
+    context: &RunContext,
+) -> (Value, Vec<String>) {
+    let context = context.value();
+    let mut values = Map::new();
+    let mut errors = Vec::new();
+    for (name, template) in &playbook.outputs {
+        match templates.render(&Value::String(template.clone()), &context) {
+            Ok(value) => {
+                values.insert(name.clone(), value);
+            }
+            Err(error) => {
+                values.insert(name.clone(), Value::Null);
+                errors.push(format!("outputs.{name}: {error}"));
+            }
+        }
+    }
+    (Value::Object(values), errors)
 }
 
 /// Evaluates the playbook's `case` section against the finished run.

@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use palisade_model::{Alert, RunRecord, RunStatus, StepError, StepRecord, StepStatus};
+use palisade_model::{Alert, ParentStep, RunRecord, RunStatus, StepError, StepRecord, StepStatus};
 use palisade_store::AuditEvent;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -192,6 +192,11 @@ impl<C: PluginCaller> Engine<C> {
             steps: Vec::new(),
             error: None,
             wake_at: None,
+            parent: None,
+            // A playbook with a trigger requires no input (checked at load),
+            // so its defaults always resolve.
+            inputs: playbook.resolve_inputs(&Value::Null).unwrap_or_default(),
+            outputs: None,
         };
         self.store.put_run(&run)?;
         self.audit_run("engine", "run_started", &run, json!({}))?;
@@ -301,66 +306,103 @@ impl<C: PluginCaller> Engine<C> {
         decision: ParkedDecision,
         actor: &str,
     ) -> Result<RunRecord, EngineError> {
-        let Some(_claim) = self.claim(run_id) else {
+        let given = self.load_run(run_id)?;
+        // A sub-playbook run is driven through the top-level run above it.
+        let mut chain = vec![given.clone()];
+        while let Some(parent) = &chain[chain.len() - 1].parent {
+            let parent = self.load_run(&parent.run_id)?;
+            chain.push(parent);
+        }
+        chain.reverse();
+        let root_id = chain[0].id.clone();
+        let Some(_claim) = self.claim(&root_id) else {
             return Err(EngineError::Conflict(format!(
-                "run {run_id} is being driven right now; try again when it stops"
+                "run {root_id} is being driven right now; try again when it stops"
             )));
         };
-        let mut run = self.load_run(run_id)?;
-        if run.status != RunStatus::Parked {
+        if given.status != RunStatus::Parked {
             return Err(EngineError::Conflict(format!(
                 "run {run_id} is {}, not parked; only a parked run takes retry, skip or fail",
-                run.status.as_str()
+                given.status.as_str()
             )));
         }
-        let Some(index) = run
+        // Go down from the given run to the run whose own step is parked.
+        let mut target = given;
+        loop {
+            let child = target
+                .steps
+                .iter()
+                .rev()
+                .find(|step| step.status == StepStatus::Started && step.child_run.is_some())
+                .and_then(|step| step.child_run.clone());
+            match child.map(|id| self.load_run(&id)).transpose()? {
+                Some(child) if child.status == RunStatus::Parked => {
+                    chain.push(child.clone());
+                    target = child;
+                }
+                _ => break,
+            }
+        }
+        let Some(index) = target
             .steps
             .iter()
-            .rposition(|step| step.status == StepStatus::Started)
+            .rposition(|step| step.status == StepStatus::Started && step.child_run.is_none())
         else {
             return Err(EngineError::Conflict(format!(
-                "run {run_id} is parked but no step is in flight; its journal is damaged"
+                "run {} is parked but no step is in flight; its journal is damaged",
+                target.id
             )));
         };
-        let (playbook, alert) = match self.run_inputs(&run)? {
+        let (playbook, alert) = match self.run_inputs(&chain[0])? {
             Ok(inputs) => inputs,
-            Err(error) => return self.fail_unresumable(run, error),
+            Err(error) => return self.fail_unresumable(chain.swap_remove(0), error),
         };
-        let step_id = run.steps[index].id.clone();
+        let step_id = target.steps[index].id.clone();
         let detail = format!(
-            "{actor} chose {} for step {step_id:?} of run {run_id}",
-            decision.as_str()
+            "{actor} chose {} for step {step_id:?} of run {}",
+            decision.as_str(),
+            target.id
         );
-        self.store.update_case(&run.case_id, &mut |case| {
+        self.store.update_case(&target.case_id, &mut |case| {
             case.record("run_decided", detail.clone(), Utc::now());
         })?;
         // Running is written before the decision, so a stop in between
         // finds the step still `started` and parks the run again rather
         // than leaving a parked run with no step in flight.
-        run.status = RunStatus::Running;
-        run.error = None;
-        self.store.put_run(&run)?;
-        let mut forced = None;
-        match decision {
-            ParkedDecision::Retry => forced = Some(step_id),
-            ParkedDecision::Skip | ParkedDecision::Fail => {
-                let record = &mut run.steps[index];
-                let (status, kind) = if decision == ParkedDecision::Skip {
-                    (StepStatus::Skipped, "skipped_by_operator")
-                } else {
-                    (StepStatus::Failed, "failed_by_operator")
-                };
-                record.status = status;
-                record.error = Some(StepError {
-                    kind: kind.into(),
-                    message: format!("interrupted mid-call; {actor} chose {}", decision.as_str()),
-                });
-                self.store.put_step(&run.id, index, record)?;
+        for run in &mut chain {
+            if run.status == RunStatus::Parked {
+                run.status = RunStatus::Running;
+                run.error = None;
+                self.store.put_run(run)?;
             }
         }
-        let detail = json!({ "decision": decision.as_str(), "step": run.steps[index].id });
-        self.audit_run(&format!("operator:{actor}"), "run_decided", &run, detail)?;
-        self.drive(playbook, &alert, run, forced.as_deref()).await
+        let target_id = target.id.clone();
+        if decision != ParkedDecision::Retry {
+            let record = &mut target.steps[index];
+            let (status, kind) = if decision == ParkedDecision::Skip {
+                (StepStatus::Skipped, "skipped_by_operator")
+            } else {
+                (StepStatus::Failed, "failed_by_operator")
+            };
+            record.status = status;
+            record.error = Some(StepError {
+                kind: kind.into(),
+                message: format!("interrupted mid-call; {actor} chose {}", decision.as_str()),
+            });
+            self.store.put_step(&target_id, index, record)?;
+        }
+        target.status = RunStatus::Running;
+        let detail = json!({ "decision": decision.as_str(), "step": step_id });
+        self.audit_run(&format!("operator:{actor}"), "run_decided", &target, detail)?;
+        let forced =
+            (decision == ParkedDecision::Retry).then_some((target_id.as_str(), step_id.as_str()));
+        let root = self.load_run(&root_id)?;
+        let driven = self.drive(playbook, &alert, root, forced).await?;
+        if run_id == root_id {
+            Ok(driven)
+        } else {
+            self.load_run(run_id)
+        }
     }
 
     fn load_run(&self, run_id: &str) -> Result<RunRecord, EngineError> {
@@ -422,7 +464,7 @@ impl<C: PluginCaller> Engine<C> {
         playbook: &Playbook,
         alert: &Alert,
         run: RunRecord,
-        forced: Option<&str>,
+        forced: Option<(&str, &str)>,
     ) -> Result<RunRecord, EngineError> {
         let span = tracing::debug_span!("run", run.id = %run.id, playbook = %playbook.name);
         self.drive_steps(playbook, alert, run, forced)
@@ -435,7 +477,7 @@ impl<C: PluginCaller> Engine<C> {
         playbook: &Playbook,
         alert: &Alert,
         mut run: RunRecord,
-        forced: Option<&str>,
+        forced: Option<(&str, &str)>,
     ) -> Result<RunRecord, EngineError> {
         if run.status != RunStatus::Running {
             run.status = RunStatus::Running;
@@ -444,16 +486,16 @@ impl<C: PluginCaller> Engine<C> {
         }
         loop {
             let mut context = RunContext::new(alert, &run.case_id);
+            context.set_inputs(&run.inputs);
             let plan = self.plan(playbook, &run, &mut context, forced);
             match plan {
                 Plan::Work(units) => {
                     let journal = std::sync::Mutex::new(std::mem::take(&mut run.steps));
-                    let results = futures::future::join_all(
-                        units
-                            .iter()
-                            .map(|unit| self.run_unit(&run, unit, &journal, &context)),
-                    )
-                    .await;
+                    let results =
+                        futures::future::join_all(units.iter().map(|unit| {
+                            self.run_unit(&run, alert, unit, &journal, &context, forced)
+                        }))
+                        .await;
                     run.steps = journal.into_inner().unwrap_or_else(|e| e.into_inner());
                     for result in results {
                         result?;
@@ -483,7 +525,7 @@ impl<C: PluginCaller> Engine<C> {
         playbook: &'p Playbook,
         run: &RunRecord,
         context: &mut RunContext,
-        forced: Option<&str>,
+        forced: Option<(&str, &str)>,
     ) -> Plan<'p> {
         let mut ended: HashMap<&str, Ended> = HashMap::new();
         let mut units = Vec::new();
@@ -580,7 +622,7 @@ impl<C: PluginCaller> Engine<C> {
         step: &'p Step,
         run: &RunRecord,
         context: &RunContext,
-        forced: Option<&str>,
+        forced: Option<(&str, &str)>,
     ) -> StepState<'p> {
         let Some(expression) = &step.for_each else {
             let latest = latest_record(run, &step.id, None, None);
@@ -667,13 +709,13 @@ impl<C: PluginCaller> Engine<C> {
         run: &RunRecord,
         latest: Option<(usize, &StepRecord)>,
         item: Option<(u32, Value)>,
-        forced: Option<&str>,
+        forced: Option<(&str, &str)>,
     ) -> SlotState<'p> {
         let Some((index, record)) = latest else {
             return SlotState::Run(Unit::attempt(step, run.steps.len(), 1, item, true));
         };
         match record.status {
-            StepStatus::Succeeded | StepStatus::Skipped => SlotState::Ended(record.clone()),
+            StepStatus::Succeeded | StepStatus::Skipped => SlotState::Ended(Box::new(record.clone())),
             StepStatus::Failed => match record.retry_at {
                 Some(at) if at > Utc::now() => SlotState::Waiting(at),
                 Some(_) => SlotState::Run(Unit::attempt(
@@ -683,8 +725,29 @@ impl<C: PluginCaller> Engine<C> {
                     item,
                     true,
                 )),
-                None => SlotState::Ended(record.clone()),
+                None => SlotState::Ended(Box::new(record.clone())),
             },
+            StepStatus::Started if step.sub_playbook().is_some() => {
+                // The sub-playbook's run decides: the step follows it.
+                let child = record
+                    .child_run
+                    .as_ref()
+                    .and_then(|id| self.store.run(id).ok().flatten());
+                let retry = Unit::attempt(step, index, record.attempt, item, false);
+                match child {
+                    Some(child) if child.status == RunStatus::Waiting => match child.wake_at {
+                        Some(at) if at > Utc::now() => SlotState::Waiting(at),
+                        _ => SlotState::Run(retry),
+                    },
+                    Some(child)
+                        if child.status == RunStatus::Parked
+                            && forced.is_none_or(|(id, _)| id == run.id) =>
+                    {
+                        SlotState::Parked
+                    }
+                    _ => SlotState::Run(retry),
+                }
+            }
             StepStatus::Started => {
                 let (plugin, action) = step.target();
                 let policy =
@@ -694,7 +757,9 @@ impl<C: PluginCaller> Engine<C> {
                         } else {
                             OnInterrupt::Retry
                         });
-                if policy == OnInterrupt::Park && forced != Some(step.id.as_str()) {
+                if policy == OnInterrupt::Park
+                    && forced != Some((run.id.as_str(), step.id.as_str()))
+                {
                     return SlotState::Parked;
                 }
                 SlotState::Run(Unit::attempt(step, index, record.attempt, item, false))
@@ -709,7 +774,7 @@ impl<C: PluginCaller> Engine<C> {
         step: &'p Step,
         run: &RunRecord,
         error: &StepError,
-        forced: Option<&str>,
+        forced: Option<(&str, &str)>,
     ) -> HandlerState<'p> {
         let Some(handler) = step
             .handler
@@ -736,9 +801,11 @@ impl<C: PluginCaller> Engine<C> {
     async fn run_unit(
         &self,
         run: &RunRecord,
+        alert: &Alert,
         unit: &Unit<'_>,
         journal: &std::sync::Mutex<Vec<StepRecord>>,
         context: &RunContext,
+        forced: Option<(&str, &str)>,
     ) -> Result<(), EngineError> {
         let step = unit.step;
         let lock = || journal.lock().unwrap_or_else(|e| e.into_inner());
@@ -775,6 +842,30 @@ impl<C: PluginCaller> Engine<C> {
                 let record = unit.label(record);
                 let index = self.place(run, unit, &mut lock(), record.clone());
                 (index, record)
+            }
+            Prepared::Call(started) if step.sub_playbook().is_some() => {
+                let mut started = unit.label(started);
+                if !unit.new_record {
+                    // A retried call keeps the run it started.
+                    started.child_run = lock()[unit.index].child_run.clone();
+                }
+                if started.child_run.is_none() {
+                    // The step names its run before the run exists, so a
+                    // stop in between leaves an id to create the run under,
+                    // not a run that nothing refers to.
+                    started.child_run = Some(self.store.next_run_id()?);
+                }
+                let index = self.place(run, unit, &mut lock(), started.clone());
+                self.store.put_step(&run.id, index, &started)?;
+                match self
+                    .call_playbook(run, alert, step, started, forced)
+                    .await?
+                {
+                    Some(record) => (index, record),
+                    // The sub-playbook waits or is parked; the step stays
+                    // `started` and the parent follows its state.
+                    None => return Ok(()),
+                }
             }
             Prepared::Call(started) => {
                 let started = unit.label(started);
@@ -828,6 +919,101 @@ impl<C: PluginCaller> Engine<C> {
             self.store.flush()?;
         }
         Ok(())
+    }
+
+    /// Runs the sub-playbook of `step` for its `started` record, creating
+    /// the run the record names or continuing it. Returns the finished record, or `None` while the sub-playbook
+    /// waits or is parked.
+    async fn call_playbook(
+        &self,
+        run: &RunRecord,
+        alert: &Alert,
+        step: &Step,
+        mut record: StepRecord,
+        forced: Option<(&str, &str)>,
+    ) -> Result<Option<StepRecord>, EngineError> {
+        let started = std::time::Instant::now();
+        let name = step.sub_playbook().unwrap_or_default();
+        let depth = run.parent.as_ref().map_or(0, |parent| parent.depth) + 1;
+        let Some(called) = self.playbook(name) else {
+            let message = format!("playbook {name:?} is not loaded");
+            return Ok(Some(failed_call(
+                record,
+                "unknown_playbook",
+                message,
+                started,
+            )));
+        };
+        if depth > MAX_DEPTH {
+            let message = format!(
+                "sub-playbook calls are nested {depth} deep, over the limit of {MAX_DEPTH}"
+            );
+            return Ok(Some(failed_call(record, "recursion", message, started)));
+        }
+        let inputs = match called.resolve_inputs(&record.input) {
+            Ok(inputs) => inputs,
+            Err(message) => return Ok(Some(failed_call(record, "bad_input", message, started))),
+        };
+        let Some(child_id) = record.child_run.clone() else {
+            let message = "the step has no sub-playbook run id".to_string();
+            return Ok(Some(failed_call(record, "internal", message, started)));
+        };
+        let child = match self.store.run(&child_id)? {
+            Some(child) => child,
+            None => {
+                let child = RunRecord {
+                    id: child_id.clone(),
+                    playbook: called.name.clone(),
+                    alert_id: run.alert_id.clone(),
+                    case_id: run.case_id.clone(),
+                    status: RunStatus::Running,
+                    started_at: Utc::now(),
+                    finished_at: None,
+                    steps: Vec::new(),
+                    error: None,
+                    wake_at: None,
+                    parent: Some(ParentStep {
+                        run_id: run.id.clone(),
+                        step_id: step.id.clone(),
+                        item: record.item,
+                        depth,
+                    }),
+                    inputs,
+                    outputs: None,
+                };
+                self.store.put_run(&child)?;
+                self.audit_run("engine", "run_started", &child, json!({ "parent": run.id }))?;
+                child
+            }
+        };
+        let child = if child.status.is_final() {
+            child
+        } else {
+            Box::pin(self.drive(called, alert, child, forced)).await?
+        };
+        record.duration_us = started.elapsed().as_micros() as u64;
+        match child.status {
+            RunStatus::Succeeded => {
+                record.status = StepStatus::Succeeded;
+                record.output = Some(child.outputs.clone().unwrap_or_else(|| json!({})));
+            }
+            RunStatus::Failed => {
+                let error = child.error.clone().unwrap_or(StepError {
+                    kind: "failed".into(),
+                    message: String::new(),
+                });
+                record.status = StepStatus::Failed;
+                record.error = Some(StepError {
+                    kind: error.kind,
+                    message: format!(
+                        "playbook {name:?} (run {}) failed: {}",
+                        child.id, error.message
+                    ),
+                });
+            }
+            RunStatus::Running | RunStatus::Waiting | RunStatus::Parked => return Ok(None),
+        }
+        Ok(Some(record))
     }
 
     /// Puts `record` at the unit's journal position: its own for a retried
@@ -888,7 +1074,13 @@ impl<C: PluginCaller> Engine<C> {
         run: RunRecord,
         context: &RunContext,
     ) -> Result<RunRecord, EngineError> {
-        let (fields, errors) = runner::case_fields(&self.templates, playbook, context);
+        let mut run = run;
+        let (outputs, output_errors) = runner::outputs(&self.templates, playbook, context);
+        if !playbook.outputs.is_empty() {
+            run.outputs = Some(outputs);
+        }
+        let (fields, mut errors) = runner::case_fields(&self.templates, playbook, context);
+        errors.extend(output_errors);
         for error in &errors {
             tracing::warn!(run.id = %run.id, %error, "case update expression failed");
         }
@@ -916,6 +1108,27 @@ impl<C: PluginCaller> Engine<C> {
         )?;
         Ok(run)
     }
+}
+
+/// Deepest nesting of sub-playbook calls. Loading rejects playbooks that
+/// call themselves, so this stops only very long chains of distinct
+/// playbooks.
+const MAX_DEPTH: u32 = 8;
+
+/// `record` failed with `kind` before the sub-playbook ran.
+fn failed_call(
+    mut record: StepRecord,
+    kind: &str,
+    message: String,
+    started: std::time::Instant,
+) -> StepRecord {
+    record.status = StepStatus::Failed;
+    record.duration_us = started.elapsed().as_micros() as u64;
+    record.error = Some(StepError {
+        kind: kind.to_string(),
+        message,
+    });
+    record
 }
 
 /// Largest `for_each` list a step takes.
@@ -997,7 +1210,7 @@ impl<'p> StepState<'p> {
 }
 
 enum SlotState<'p> {
-    Ended(StepRecord),
+    Ended(Box<StepRecord>),
     Run(Unit<'p>),
     Waiting(DateTime<Utc>),
     Parked,
@@ -1118,6 +1331,9 @@ mod tests {
             steps: Vec::new(),
             error: None,
             wake_at: None,
+            parent: None,
+            inputs: serde_json::Value::Null,
+            outputs: None,
         }
     }
 

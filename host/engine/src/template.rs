@@ -136,7 +136,7 @@ impl Templates {
 /// Variables a playbook expression may read. `item` is set only in a
 /// `for_each` step and `error` only in a handler; elsewhere they are
 /// undefined.
-const CONTEXT_VARIABLES: [&str; 5] = ["alert", "case", "steps", "item", "error"];
+const CONTEXT_VARIABLES: [&str; 6] = ["alert", "case", "steps", "inputs", "item", "error"];
 
 /// Global functions minijinja defines.
 const GLOBAL_FUNCTIONS: [&str; 3] = ["range", "dict", "namespace"];

@@ -17,5 +17,5 @@ pub use case::{Case, CaseNote, CaseObservable, CaseStatus, CaseTask, TimelineEve
 pub use duration::{DURATION_FORMS, format_duration, parse_duration};
 pub use ingest::{InputError, MAX_ALERT_DEPTH, parse_alert_bytes, parse_alerts};
 pub use observable::{Observable, ObservableKind, is_internal_ip};
-pub use run::{RunRecord, RunStatus, StepError, StepRecord, StepStatus};
+pub use run::{ParentStep, RunRecord, RunStatus, StepError, StepRecord, StepStatus};
 pub use sla::{CaseSla, SlaPolicy, SlaTarget};

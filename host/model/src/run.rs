@@ -70,6 +70,9 @@ pub struct StepRecord {
     /// For a run of an error handler, the step whose failure it handles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handles: Option<String>,
+    /// Run of the sub-playbook this step called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_run: Option<String>,
     /// Attempt number, from 1. A retried step has one record per attempt.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
@@ -108,6 +111,28 @@ pub struct RunRecord {
     /// When a waiting run continues.
     #[serde(default)]
     pub wake_at: Option<DateTime<Utc>>,
+    /// The run and step that called this run as a sub-playbook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentStep>,
+    /// Inputs of the run, by name: those a calling step gave, with the
+    /// playbook's defaults for the others.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub inputs: Value,
+    /// Outputs of the finished run, as its playbook's `outputs` section
+    /// evaluates them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Value>,
+}
+
+/// The step of a parent run that called a sub-playbook.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParentStep {
+    pub run_id: String,
+    pub step_id: String,
+    /// Item position, when the calling step runs once per item.
+    pub item: Option<u32>,
+    /// Sub-playbook calls from the top-level run down to this one, from 1.
+    pub depth: u32,
 }
 
 fn first_attempt() -> u32 {

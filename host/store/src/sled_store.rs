@@ -37,7 +37,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use palisade_model::{Alert, Case, CaseStatus, RunRecord, RunStatus, StepError, StepRecord};
+use palisade_model::{
+    Alert, Case, CaseStatus, ParentStep, RunRecord, RunStatus, StepError, StepRecord,
+};
+use serde_json::Value;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -250,6 +253,12 @@ struct RunHeader<'a> {
     finished_at: Option<DateTime<Utc>>,
     error: &'a Option<StepError>,
     wake_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent: &'a Option<ParentStep>,
+    #[serde(skip_serializing_if = "Value::is_null")]
+    inputs: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: &'a Option<Value>,
 }
 
 impl<'a> From<&'a RunRecord> for RunHeader<'a> {
@@ -264,6 +273,9 @@ impl<'a> From<&'a RunRecord> for RunHeader<'a> {
             finished_at: run.finished_at,
             error: &run.error,
             wake_at: run.wake_at,
+            parent: &run.parent,
+            inputs: &run.inputs,
+            outputs: &run.outputs,
         }
     }
 }
@@ -316,6 +328,11 @@ fn write_run(
     run: &RunRecord,
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
     runs.insert(run.id.as_bytes(), encode(&RunHeader::from(run)))?;
+    // A sub-playbook run is driven only through the run that called it, so
+    // it gets no index entries: recovery and timers go through the parent.
+    if run.parent.is_some() {
+        return Ok(());
+    }
     alert_runs.insert(
         alert_run_key(&run.alert_id, &run.playbook),
         run.id.as_bytes(),
@@ -1053,6 +1070,7 @@ mod tests {
             status: palisade_model::StepStatus::Succeeded,
             item: None,
             handles: None,
+            child_run: None,
             attempt: 1,
             idempotency_key: None,
             retry_at: None,
@@ -1082,6 +1100,9 @@ mod tests {
             steps: Vec::new(),
             error: None,
             wake_at: None,
+            parent: None,
+            inputs: serde_json::Value::Null,
+            outputs: None,
         };
         store.put_run(&run).unwrap();
         // Indexes past 255 check that steps sort by number, not by text.
@@ -1113,6 +1134,9 @@ mod tests {
             steps: Vec::new(),
             error: None,
             wake_at: None,
+            parent: None,
+            inputs: serde_json::Value::Null,
+            outputs: None,
         }
     }
 
