@@ -113,6 +113,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the approval steps waiting for an answer.
+    Approvals {
+        /// Read from a running daemon at this URL instead of the database.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer an approval step, then let its run continue.
+    Approve {
+        /// Id of the run that asks, such as R00000012.
+        run_id: String,
+        /// Id of the approval step.
+        step_id: String,
+        #[arg(long, value_parser = ["approve", "reject"])]
+        decision: String,
+        /// Response to the approval's form, as JSON.
+        #[arg(long)]
+        response: Option<String>,
+        /// Item position, for an approval inside a `for_each` step.
+        #[arg(long)]
+        item: Option<u32>,
+        /// Who answers; must be one of the approval's approvers when it
+        /// names them.
+        #[arg(long = "as", default_value = "cli")]
+        actor: String,
+        /// Send the answer to a running daemon at this URL instead of
+        /// opening the database.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect loaded plugins.
     Plugin {
         #[command(subcommand)]
@@ -221,6 +254,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let decision = palisade_engine::ParkedDecision::parse(&decision)
                 .with_context(|| format!("unknown decision {decision:?}"))?;
             run_cmd::resume(&config, &run_id, decision, &actor, server.as_deref(), json).await
+        }
+        Command::Approvals { server, json } => {
+            run_cmd::approvals(&config, server.as_deref(), json).await
+        }
+        Command::Approve {
+            run_id,
+            step_id,
+            decision,
+            response,
+            item,
+            actor,
+            server,
+            json,
+        } => {
+            let response = match response {
+                Some(text) => serde_json::from_str(&text).with_context(|| {
+                    format!("--response {text:?} is not JSON; give an object such as '{{\"reason\": \"confirmed\"}}'")
+                })?,
+                None => Value::Null,
+            };
+            let answer = palisade_engine::Answer {
+                approve: decision == "approve",
+                response,
+                actor,
+            };
+            run_cmd::approve(
+                &config,
+                &run_id,
+                &step_id,
+                item,
+                answer,
+                server.as_deref(),
+                json,
+            )
+            .await
         }
         Command::Plugin { command } => plugin_command(&config, command).await,
         Command::Quota { server, json } => output::quotas(&config, server.as_deref(), json).await,

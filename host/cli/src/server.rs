@@ -109,6 +109,8 @@ pub async fn serve(
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(show_run))
         .route("/v1/runs/{id}/resume", post(resume_parked_run))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{run}/{step}", post(answer_approval))
         .route("/v1/quotas", get(list_quotas))
         .merge(crate::case_api::routes())
         .fallback(unknown_route)
@@ -410,6 +412,82 @@ async fn resume_parked_run(
             },
             other => internal(other),
         })?;
+    Ok(Json(serde_json::to_value(run).map_err(internal)?))
+}
+
+/// Maps an engine error to its HTTP status and stable code.
+fn engine_error(error: EngineError) -> ApiError {
+    let (status, code) = match &error {
+        EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        EngineError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        EngineError::Store(palisade_store::StoreError::NotFound { .. }) => {
+            (StatusCode::NOT_FOUND, "not_found")
+        }
+        _ => return internal(error),
+    };
+    ApiError {
+        status,
+        code,
+        message: error.to_string(),
+    }
+}
+
+async fn list_approvals(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let pending = state.engine.pending_approvals().map_err(engine_error)?;
+    Ok(Json(serde_json::to_value(pending).map_err(internal)?))
+}
+
+/// Body of `POST /v1/approvals/{run}/{step}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnswerRequest {
+    /// `approve` or `reject`.
+    decision: String,
+    /// Response to the approval's form, when it has one.
+    #[serde(default)]
+    response: Value,
+    /// Who answers; `api` when absent.
+    actor: Option<String>,
+    /// Item position, for an approval inside a `for_each` step.
+    item: Option<u32>,
+}
+
+/// Records a person's answer to an open approval and continues the run.
+async fn answer_approval(
+    State(state): State<Arc<AppState>>,
+    Path((run, step)): Path<(String, String)>,
+    body: Result<Json<AnswerRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(request) = body.map_err(|rejection| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_body",
+        message: format!(
+            "{}; send {{\"decision\": \"approve\" | \"reject\", \"response\": {{...}}, \"actor\": \"NAME\"}}",
+            rejection.body_text()
+        ),
+    })?;
+    let approve = match request.decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        other => {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_decision",
+                message: format!("decision {other:?} is not one of approve, reject"),
+            });
+        }
+    };
+    let answer = palisade_engine::Answer {
+        approve,
+        response: request.response,
+        actor: request.actor.unwrap_or_else(|| "api".to_string()),
+    };
+    let run = state
+        .engine
+        .answer_approval(&run, &step, request.item, answer)
+        .await
+        .map_err(engine_error)?;
     Ok(Json(serde_json::to_value(run).map_err(internal)?))
 }
 

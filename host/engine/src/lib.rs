@@ -9,6 +9,7 @@ mod cases;
 mod playbook;
 mod runner;
 mod runs;
+mod schema;
 mod template;
 
 use std::collections::HashSet;
@@ -24,11 +25,12 @@ pub use crate::cases::{
     MAX_COMMENT_CHARS, MAX_NAME_CHARS, MAX_TAG_CHARS, PRIORITIES, SeverityCounts, parse_period,
 };
 pub use crate::playbook::{
-    CaseUpdate, DEFAULT_RETRY_KINDS, OnError, OnInterrupt, Playbook, PlaybookError, Retry, Step,
-    Trigger,
+    Approval, CaseUpdate, DEFAULT_RETRY_KINDS, Input, Join, OnError, OnInterrupt, Playbook,
+    PlaybookError, Retry, Step, TimeoutDecision, Trigger,
 };
 pub use crate::runner::{CallInfo, PluginCaller, StepOutcome};
-pub use crate::runs::{ParkedDecision, Recovery};
+pub use crate::runs::{Answer, ParkedDecision, PendingApproval, Recovery};
+pub use crate::schema::Schema;
 pub use crate::template::Templates;
 
 /// Failure of an engine operation.
@@ -42,6 +44,13 @@ pub enum EngineError {
     /// a run that is not parked.
     #[error("{0}")]
     Conflict(String),
+    /// The caller may not do this, such as answer an approval meant for
+    /// other people.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A value the caller gave is invalid; the message says why.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Outcome of ingesting one alert: its case and the runs it started.

@@ -141,6 +141,9 @@ pub struct Step {
     /// Name of a sub-playbook to run with `with` as its inputs; the step's
     /// output is the sub-playbook's outputs.
     pub playbook: Option<String>,
+    /// A question for a person: the run waits for the answer or the
+    /// timeout. The step's output is the decision.
+    pub approval: Option<Approval>,
     /// Expression that must be true for the step to run.
     #[serde(rename = "if")]
     pub condition: Option<String>,
@@ -186,6 +189,36 @@ fn optional_duration<'de, D: serde::Deserializer<'de>>(
     palisade_model::parse_duration(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+/// What an unanswered approval decides when its time runs out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutDecision {
+    #[default]
+    Reject,
+    Approve,
+}
+
+/// A question a person answers before the run goes on. The output of the
+/// step is `{"approved": bool, "response": ..., "by": NAME,
+/// "timed_out": bool}`, so later steps branch with `if`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// The question, a template over the run's context.
+    pub question: String,
+    /// Names of the people who may answer; empty lets anyone answer.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// JSON Schema of the response a person gives with the decision.
+    pub form: Option<Value>,
+    /// How long the question stays open.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: std::time::Duration,
+    /// The decision when nobody answers in time.
+    #[serde(default)]
+    pub on_timeout: TimeoutDecision,
 }
 
 /// How many needed steps must succeed before a step starts. When too few
@@ -359,6 +392,9 @@ impl Playbook {
         for step in playbook.steps.iter_mut().chain(&mut playbook.handlers) {
             if let Some(name) = &step.playbook {
                 step.uses = format!("playbook:{name}");
+            }
+            if step.approval.is_some() {
+                step.uses = "approval".to_string();
             }
         }
         Ok(playbook)
@@ -575,7 +611,29 @@ impl Playbook {
                 ));
             }
         }
+        if let Some(approval) = &step.approval {
+            if !step.uses.is_empty() || step.playbook.is_some() {
+                return Err(format!(
+                    "step {id:?} has `approval` and also `uses` or `playbook`; give one"
+                ));
+            }
+            if approval.timeout.is_zero() {
+                return Err(format!(
+                    "step {id:?}: `approval.timeout` is zero; give how long the question stays open, such as 4h"
+                ));
+            }
+            if let Some(form) = &approval.form {
+                crate::schema::Schema::compile(form)
+                    .map_err(|error| format!("step {id:?} `approval.form`: {error}"))?;
+            }
+            templates
+                .check_value(&Value::String(approval.question.clone()))
+                .map_err(|error| format!("step {id:?} `approval.question`: {error}"))?;
+            check_step_references(&approval.question, reachable)
+                .map_err(|error| format!("step {id:?} `approval.question`: {error}"))?;
+        }
         match &step.playbook {
+            _ if step.approval.is_some() => {}
             Some(name) if !step.uses.is_empty() => {
                 return Err(format!(
                     "step {id:?} has both `uses: {}` and `playbook: {name}`; give one",
@@ -677,7 +735,7 @@ impl Playbook {
     pub fn targets(&self) -> BTreeMap<&str, BTreeSet<&str>> {
         let mut targets: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for step in self.steps.iter().chain(&self.handlers) {
-            if step.playbook.is_some() {
+            if step.playbook.is_some() || step.approval.is_some() {
                 continue;
             }
             let (plugin, action) = step.target();

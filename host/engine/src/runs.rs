@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use crate::playbook::{OnError, OnInterrupt, Playbook, Step};
+use crate::playbook::{OnError, OnInterrupt, Playbook, Step, TimeoutDecision};
 use crate::runner::{self, Prepared, RunContext};
 use crate::{Engine, EngineError, PluginCaller, apply_case_fields};
 
@@ -38,6 +38,39 @@ pub struct Recovery {
     pub pending: Vec<(Alert, String)>,
     /// Runs that were running when the process stopped.
     pub interrupted: Vec<String>,
+}
+
+/// A question waiting for a person.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PendingApproval {
+    pub run_id: String,
+    pub step_id: String,
+    pub item: Option<u32>,
+    pub playbook: String,
+    pub case_id: String,
+    pub question: String,
+    /// Who may answer; empty means anyone.
+    pub approvers: Vec<String>,
+    /// JSON Schema of the response.
+    pub form: Option<Value>,
+    pub asked_at: DateTime<Utc>,
+    /// When the question closes with its timeout decision.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// A person's answer to an approval.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub approve: bool,
+    /// Checked against the approval's form when approving.
+    pub response: Value,
+    /// Who answers; must be one of the approvers when they are listed.
+    pub actor: String,
+}
+
+/// When the question of an approval record closes.
+fn approval_deadline(record: &StepRecord) -> Option<DateTime<Utc>> {
+    record.input.get("deadline")?.as_str()?.parse().ok()
 }
 
 /// A person's decision on a parked run.
@@ -715,7 +748,9 @@ impl<C: PluginCaller> Engine<C> {
             return SlotState::Run(Unit::attempt(step, run.steps.len(), 1, item, true));
         };
         match record.status {
-            StepStatus::Succeeded | StepStatus::Skipped => SlotState::Ended(Box::new(record.clone())),
+            StepStatus::Succeeded | StepStatus::Skipped => {
+                SlotState::Ended(Box::new(record.clone()))
+            }
             StepStatus::Failed => match record.retry_at {
                 Some(at) if at > Utc::now() => SlotState::Waiting(at),
                 Some(_) => SlotState::Run(Unit::attempt(
@@ -727,6 +762,13 @@ impl<C: PluginCaller> Engine<C> {
                 )),
                 None => SlotState::Ended(Box::new(record.clone())),
             },
+            StepStatus::Started if step.approval.is_some() => {
+                match approval_deadline(record) {
+                    Some(at) if at > Utc::now() => SlotState::Waiting(at),
+                    // The time is up: the unit records the timeout decision.
+                    _ => SlotState::Run(Unit::attempt(step, index, record.attempt, item, false)),
+                }
+            }
             StepStatus::Started if step.sub_playbook().is_some() => {
                 // The sub-playbook's run decides: the step follows it.
                 let child = record
@@ -814,6 +856,9 @@ impl<C: PluginCaller> Engine<C> {
             let index = push_record(&mut lock(), record.clone());
             self.store.put_step(&run.id, index, &record)?;
             return Ok(());
+        }
+        if step.approval.is_some() {
+            return self.run_approval(run, unit, journal, context).await;
         }
         let slot = match (&unit.item, &unit.handles) {
             (Some((position, _)), _) => format!("{}#{position}", step.id),
@@ -1014,6 +1059,241 @@ impl<C: PluginCaller> Engine<C> {
             RunStatus::Running | RunStatus::Waiting | RunStatus::Parked => return Ok(None),
         }
         Ok(Some(record))
+    }
+
+    /// Asks the question of an approval step, or records the timeout
+    /// decision of one whose time is up.
+    async fn run_approval(
+        &self,
+        run: &RunRecord,
+        unit: &Unit<'_>,
+        journal: &std::sync::Mutex<Vec<StepRecord>>,
+        context: &RunContext,
+    ) -> Result<(), EngineError> {
+        let step = unit.step;
+        let Some(approval) = &step.approval else {
+            return Ok(());
+        };
+        let lock = || journal.lock().unwrap_or_else(|e| e.into_inner());
+        if !unit.new_record {
+            let mut record = lock()[unit.index].clone();
+            let approved = approval.on_timeout == TimeoutDecision::Approve;
+            record.status = StepStatus::Succeeded;
+            record.output = Some(json!({
+                "approved": approved,
+                "response": null,
+                "by": null,
+                "timed_out": true,
+            }));
+            lock()[unit.index] = record.clone();
+            self.store.put_step(&run.id, unit.index, &record)?;
+            let detail = format!(
+                "approval {:?} of run {} timed out: {}",
+                step.id,
+                run.id,
+                if approved { "approved" } else { "rejected" }
+            );
+            self.store.update_case(&run.case_id, &mut |case| {
+                case.record("approval_timed_out", detail.clone(), Utc::now());
+            })?;
+            let detail = json!({ "step": step.id, "approved": approved, "timed_out": true });
+            return self.audit_run("engine", "approval_decided", run, detail);
+        }
+        let key = idempotency_key(run, &step.id);
+        let context_value = match &unit.item {
+            Some((_, item)) => context.with_item(item),
+            None => context.value(),
+        };
+        let mut record =
+            match runner::prepare(&self.templates, step, &context_value, unit.attempt, &key) {
+                Prepared::Done(record) => unit.label(record),
+                Prepared::Call(started) => unit.label(started),
+            };
+        if record.status == StepStatus::Started {
+            let question = match self
+                .templates
+                .render(&Value::String(approval.question.clone()), &context_value)
+            {
+                Ok(Value::String(text)) => text,
+                Ok(other) => other.to_string(),
+                Err(message) => {
+                    record.status = StepStatus::Failed;
+                    record.error = Some(StepError {
+                        kind: "expression".into(),
+                        message: format!("approval.question: {message}"),
+                    });
+                    let index = self.place(run, unit, &mut lock(), record.clone());
+                    self.store.put_step(&run.id, index, &record)?;
+                    return Ok(());
+                }
+            };
+            let deadline = Utc::now()
+                + chrono::Duration::from_std(approval.timeout).unwrap_or(chrono::Duration::MAX);
+            record.input = json!({
+                "question": question,
+                "approvers": approval.approvers,
+                "form": approval.form,
+                "deadline": deadline,
+            });
+        }
+        let index = self.place(run, unit, &mut lock(), record.clone());
+        self.store.put_step(&run.id, index, &record)?;
+        if record.status == StepStatus::Started {
+            let detail = format!("run {} asks: {}", run.id, record.input["question"]);
+            self.store.update_case(&run.case_id, &mut |case| {
+                case.record("approval_requested", detail.clone(), Utc::now());
+            })?;
+            let detail = json!({ "step": step.id, "deadline": record.input["deadline"] });
+            self.audit_run("engine", "approval_requested", run, detail)?;
+        }
+        Ok(())
+    }
+
+    /// Questions that wait for an answer, in top-level runs and the
+    /// sub-playbook runs under them.
+    pub fn pending_approvals(&self) -> Result<Vec<PendingApproval>, EngineError> {
+        let mut pending = Vec::new();
+        let mut runs: Vec<RunRecord> = self
+            .store
+            .active_runs()?
+            .into_iter()
+            .filter(|run| run.status == RunStatus::Waiting)
+            .collect();
+        while let Some(run) = runs.pop() {
+            for record in &run.steps {
+                if record.status != StepStatus::Started {
+                    continue;
+                }
+                if let Some(child) = &record.child_run {
+                    runs.extend(self.store.run(child)?);
+                    continue;
+                }
+                if record.uses != "approval" {
+                    continue;
+                }
+                pending.push(PendingApproval {
+                    run_id: run.id.clone(),
+                    step_id: record.id.clone(),
+                    item: record.item,
+                    playbook: run.playbook.clone(),
+                    case_id: run.case_id.clone(),
+                    question: record.input["question"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    approvers: serde_json::from_value(record.input["approvers"].clone())
+                        .unwrap_or_default(),
+                    form: record
+                        .input
+                        .get("form")
+                        .cloned()
+                        .filter(|form| !form.is_null()),
+                    asked_at: record.started_at,
+                    deadline: approval_deadline(record),
+                });
+            }
+        }
+        pending.sort_by(|a, b| a.asked_at.cmp(&b.asked_at));
+        Ok(pending)
+    }
+
+    /// Records `answer` to the approval `step_id` of run `run_id` (item
+    /// `item` of a `for_each` step) and continues the run.
+    pub async fn answer_approval(
+        &self,
+        run_id: &str,
+        step_id: &str,
+        item: Option<u32>,
+        answer: Answer,
+    ) -> Result<RunRecord, EngineError> {
+        let given = self.load_run(run_id)?;
+        let mut root = given.clone();
+        while let Some(parent) = &root.parent {
+            root = self.load_run(&parent.run_id)?;
+        }
+        let Some(_claim) = self.claim(&root.id) else {
+            return Err(EngineError::Conflict(format!(
+                "run {} is being driven right now; try again when it stops",
+                root.id
+            )));
+        };
+        let given = self.load_run(run_id)?;
+        let Some(index) = given.steps.iter().rposition(|record| {
+            record.id == step_id
+                && record.item == item
+                && record.uses == "approval"
+                && record.status == StepStatus::Started
+        }) else {
+            return Err(EngineError::Conflict(format!(
+                "run {run_id} has no open approval {step_id:?}{}; `palisade approvals` lists the open ones",
+                item.map(|item| format!(" for item {item}"))
+                    .unwrap_or_default()
+            )));
+        };
+        let mut record = given.steps[index].clone();
+        let approvers: Vec<String> =
+            serde_json::from_value(record.input["approvers"].clone()).unwrap_or_default();
+        if !approvers.is_empty() && !approvers.contains(&answer.actor) {
+            return Err(EngineError::Forbidden(format!(
+                "{:?} may not answer approval {step_id:?}; it is for {}",
+                answer.actor,
+                approvers.join(", ")
+            )));
+        }
+        if answer.approve
+            && let Some(form) = record.input.get("form").filter(|form| !form.is_null())
+        {
+            let schema = crate::schema::Schema::compile(form).map_err(EngineError::Invalid)?;
+            schema.validate(&answer.response).map_err(|error| {
+                EngineError::Invalid(format!("the response does not fit the form: {error}"))
+            })?;
+        }
+        record.status = StepStatus::Succeeded;
+        record.duration_us = (Utc::now() - record.started_at)
+            .num_microseconds()
+            .unwrap_or(0)
+            .max(0) as u64;
+        record.output = Some(json!({
+            "approved": answer.approve,
+            "response": answer.response,
+            "by": answer.actor,
+            "timed_out": false,
+        }));
+        self.store.put_step(&given.id, index, &record)?;
+        let verdict = if answer.approve {
+            "approved"
+        } else {
+            "rejected"
+        };
+        let detail = format!("{} {verdict} {step_id:?} of run {}", answer.actor, given.id);
+        self.store.update_case(&given.case_id, &mut |case| {
+            case.record("approval_answered", detail.clone(), Utc::now());
+        })?;
+        let detail = json!({ "step": step_id, "item": item, "approved": answer.approve });
+        self.audit_run(
+            &format!("operator:{}", answer.actor),
+            "approval_decided",
+            &given,
+            detail,
+        )?;
+        // The answered run and the runs above it continue now rather than
+        // at the question's deadline.
+        let mut current = Some(given.id.clone());
+        while let Some(id) = current {
+            let mut run = self.load_run(&id)?;
+            if run.status == RunStatus::Waiting {
+                run.status = RunStatus::Running;
+                run.wake_at = None;
+                self.store.put_run(&run)?;
+            }
+            current = run.parent.map(|parent| parent.run_id);
+        }
+        let root = self.load_run(&root.id)?;
+        let Ok((playbook, alert)) = self.run_inputs(&root)? else {
+            return self.load_run(run_id);
+        };
+        self.drive(playbook, &alert, root, None).await?;
+        self.load_run(run_id)
     }
 
     /// Puts `record` at the unit's journal position: its own for a retried
