@@ -1193,7 +1193,7 @@ impl<C: PluginCaller> Engine<C> {
                 });
             }
         }
-        pending.sort_by(|a, b| a.asked_at.cmp(&b.asked_at));
+        pending.sort_by_key(|approval| approval.asked_at);
         Ok(pending)
     }
 
