@@ -164,11 +164,28 @@ pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<
     })
 }
 
+/// Loads the playbooks of directory `path`, or the one file `path`. With
+/// one file, the other playbooks in its directory are loaded too, so it
+/// can call them as sub-playbooks, but their triggers are dropped: only
+/// the named playbook starts runs on alerts.
 fn load_playbooks(path: &Path) -> anyhow::Result<Vec<Playbook>> {
     let playbooks = if path.is_dir() {
         Playbook::load_dir(path)?
     } else {
-        vec![Playbook::load(path)?]
+        let chosen = Playbook::load(path)?;
+        let folder = path
+            .parent()
+            .filter(|folder| !folder.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut playbooks = vec![chosen];
+        for mut other in Playbook::load_dir(folder).unwrap_or_default() {
+            let same_file = other.path.canonicalize().ok() == path.canonicalize().ok();
+            if !same_file && other.name != playbooks[0].name {
+                other.trigger = None;
+                playbooks.push(other);
+            }
+        }
+        playbooks
     };
     if playbooks.is_empty() {
         anyhow::bail!(

@@ -436,12 +436,36 @@ async fn run_once(
 }
 
 /// Waits for runs that wait to retry a step, and continues each when its
-/// time comes, until none waits. Interrupting leaves them stored, and the
-/// next `run` or `serve` continues them.
+/// time comes, until none waits. Runs that wait for a person's approval are
+/// left waiting: they are listed, and the daemon or a later `run`
+/// continues them. Interrupting leaves every run stored for the next start.
 async fn finish_waiting_runs(
     engine: &palisade_engine::Engine<host::RuntimeCaller>,
 ) -> anyhow::Result<()> {
-    while let Some(at) = engine.next_wake()? {
+    loop {
+        let asking: std::collections::BTreeSet<String> = engine
+            .pending_approvals()?
+            .into_iter()
+            .map(|approval| approval.root_run_id)
+            .collect();
+        let next = engine
+            .store()
+            .active_runs()?
+            .into_iter()
+            .filter(|run| {
+                run.status == palisade_model::RunStatus::Waiting && !asking.contains(&run.id)
+            })
+            .filter_map(|run| run.wake_at)
+            .min();
+        let Some(at) = next else {
+            if !asking.is_empty() {
+                eprintln!(
+                    "{} runs wait for an approval; `palisade approvals` lists the questions and `palisade approve` answers them",
+                    asking.len()
+                );
+            }
+            return Ok(());
+        };
         let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
         if !wait.is_zero() {
             eprintln!(
@@ -453,10 +477,11 @@ async fn finish_waiting_runs(
             tokio::time::sleep(wait).await;
         }
         for (run_id, _) in engine.due_runs(100)? {
-            engine.resume_run(&run_id).await?;
+            if !asking.contains(&run_id) {
+                engine.resume_run(&run_id).await?;
+            }
         }
     }
-    Ok(())
 }
 
 /// Loads STIX bundles and CSV block lists through the ti-matcher plugin.

@@ -378,16 +378,12 @@ struct ResumeRequest {
 async fn resume_parked_run(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    body: Result<Json<ResumeRequest>, axum::extract::rejection::JsonRejection>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(request) = body.map_err(|rejection| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_body",
-        message: format!(
-            "{}; send {{\"decision\": \"retry\" | \"skip\" | \"fail\", \"actor\": \"NAME\"}}",
-            rejection.body_text()
-        ),
-    })?;
+    let request: ResumeRequest = json_body(
+        &body,
+        "{\"decision\": \"retry\" | \"skip\" | \"fail\", \"actor\": \"NAME\"}",
+    )?;
     let decision = ParkedDecision::parse(&request.decision).ok_or_else(|| ApiError {
         status: StatusCode::BAD_REQUEST,
         code: "invalid_decision",
@@ -404,15 +400,18 @@ async fn resume_parked_run(
         .engine
         .resume_parked(&id, decision, &actor)
         .await
-        .map_err(|error| match error {
-            EngineError::Conflict(message) => ApiError {
-                status: StatusCode::CONFLICT,
-                code: "conflict",
-                message,
-            },
-            other => internal(other),
-        })?;
+        .map_err(engine_error)?;
     Ok(Json(serde_json::to_value(run).map_err(internal)?))
+}
+
+/// Parses a JSON request body whatever its content type; `shape` shows
+/// what to send in the error.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid_body",
+        message: format!("the request body is invalid: {error}; send {shape}"),
+    })
 }
 
 /// Maps an engine error to its HTTP status and stable code.
@@ -457,16 +456,12 @@ struct AnswerRequest {
 async fn answer_approval(
     State(state): State<Arc<AppState>>,
     Path((run, step)): Path<(String, String)>,
-    body: Result<Json<AnswerRequest>, axum::extract::rejection::JsonRejection>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(request) = body.map_err(|rejection| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_body",
-        message: format!(
-            "{}; send {{\"decision\": \"approve\" | \"reject\", \"response\": {{...}}, \"actor\": \"NAME\"}}",
-            rejection.body_text()
-        ),
-    })?;
+    let request: AnswerRequest = json_body(
+        &body,
+        "{\"decision\": \"approve\" | \"reject\", \"response\": {...}, \"actor\": \"NAME\"}",
+    )?;
     let approve = match request.decision.as_str() {
         "approve" => true,
         "reject" => false,

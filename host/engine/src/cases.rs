@@ -322,7 +322,7 @@ fn normalise_tag(tag: &str) -> Result<String, CaseError> {
 
 /// Trims `value` and checks that it is one line of 1 to
 /// [`MAX_NAME_CHARS`] characters.
-fn check_name(what: &str, value: &str) -> Result<String, CaseError> {
+pub(crate) fn check_name(what: &str, value: &str) -> Result<String, CaseError> {
     let value = value.trim();
     if value.is_empty() {
         return Err(CaseError::Invalid(format!(

@@ -61,6 +61,29 @@ pub enum OnInterrupt {
     Park,
 }
 
+/// Error kinds a step can fail with: the plugin's own (`bad_input` to
+/// `internal`), the host's limits and faults, and the engine's.
+pub const ERROR_KINDS: &[&str] = &[
+    "bad_input",
+    "unknown_action",
+    "upstream",
+    "rate_limited",
+    "denied",
+    "internal",
+    "unknown_plugin",
+    "timeout",
+    "cpu_time_limit",
+    "memory_limit",
+    "stack_overflow",
+    "output_too_large",
+    "invalid_output",
+    "trap",
+    "instantiate",
+    "expression",
+    "unknown_playbook",
+    "recursion",
+];
+
 /// Error kinds retried when a step's `retry.on` is not given: the failures
 /// that a later attempt may not meet.
 pub const DEFAULT_RETRY_KINDS: &[&str] = &["rate_limited", "timeout", "upstream"];
@@ -609,6 +632,30 @@ impl Playbook {
                     "step {id:?}: `retry.factor: {}` is out of range; use 1 to 10",
                     retry.factor
                 ));
+            }
+            if retry.max_backoff < retry.backoff {
+                return Err(format!(
+                    "step {id:?}: `retry.max_backoff` is shorter than `retry.backoff`; make it at least as long"
+                ));
+            }
+            match &retry.on {
+                Some(kinds) if kinds.is_empty() => {
+                    return Err(format!(
+                        "step {id:?}: `retry.on` is empty, so nothing would be retried; list error kinds or remove `on`"
+                    ));
+                }
+                Some(kinds) => {
+                    if let Some(unknown) = kinds
+                        .iter()
+                        .find(|kind| !ERROR_KINDS.contains(&kind.as_str()))
+                    {
+                        return Err(format!(
+                            "step {id:?}: `retry.on` names {unknown:?}, which is not an error kind; use {}",
+                            ERROR_KINDS.join(", ")
+                        ));
+                    }
+                }
+                None => {}
             }
         }
         if let Some(approval) = &step.approval {

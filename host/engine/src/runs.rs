@@ -43,6 +43,8 @@ pub struct Recovery {
 /// A question waiting for a person.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PendingApproval {
+    /// The top-level run, which waits for the answer too.
+    pub root_run_id: String,
     pub run_id: String,
     pub step_id: String,
     pub item: Option<u32>,
@@ -66,6 +68,12 @@ pub struct Answer {
     pub response: Value,
     /// Who answers; must be one of the approvers when they are listed.
     pub actor: String,
+}
+
+/// Checks the name of a person who decides, as for case changes.
+fn check_actor(actor: &str) -> Result<String, EngineError> {
+    crate::cases::check_name("actor", actor)
+        .map_err(|error| EngineError::Invalid(error.to_string()))
 }
 
 /// When the question of an approval record closes.
@@ -137,6 +145,17 @@ fn record_digest(record: &StepRecord) -> String {
 }
 
 impl<C: PluginCaller> Engine<C> {
+    /// Waits until every write so far is on disk, on a thread of the
+    /// blocking pool: a flush can wait on the disk for a long time and must
+    /// not hold a thread that serves other runs and requests.
+    async fn flush(&self) -> Result<(), EngineError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|error| EngineError::Conflict(format!("the flush task failed: {error}")))??;
+        Ok(())
+    }
+
     /// Appends an audit record about run `run`.
     fn audit_run(
         &self,
@@ -156,6 +175,32 @@ impl<C: PluginCaller> Engine<C> {
             detail,
         })?;
         Ok(())
+    }
+
+    /// Appends the `step_finished` audit record of journal entry `index` of
+    /// `run`, with the digest of the entry as written, so a verification can
+    /// tell whether the journal changed afterwards.
+    fn audit_step(
+        &self,
+        actor: &str,
+        run: &RunRecord,
+        index: usize,
+        record: &StepRecord,
+    ) -> Result<(), EngineError> {
+        let detail = json!({
+            "step": record.id,
+            "item": record.item,
+            "handles": record.handles,
+            "uses": record.uses,
+            "step_status": record.status,
+            "attempt": record.attempt,
+            "index": index,
+            "plugin_version": record.plugin_version,
+            "idempotency_key": record.idempotency_key,
+            "error_kind": record.error.as_ref().map(|error| &error.kind),
+            "record_sha256": record_digest(record),
+        });
+        self.audit_run(actor, "step_finished", run, detail)
     }
 
     fn claim(&self, run_id: &str) -> Option<Claim<'_>> {
@@ -339,6 +384,8 @@ impl<C: PluginCaller> Engine<C> {
         decision: ParkedDecision,
         actor: &str,
     ) -> Result<RunRecord, EngineError> {
+        let actor = check_actor(actor)?;
+        let actor = actor.as_str();
         let given = self.load_run(run_id)?;
         // A sub-playbook run is driven through the top-level run above it.
         let mut chain = vec![given.clone()];
@@ -355,7 +402,7 @@ impl<C: PluginCaller> Engine<C> {
         };
         if given.status != RunStatus::Parked {
             return Err(EngineError::Conflict(format!(
-                "run {run_id} is {}, not parked; only a parked run takes retry, skip or fail",
+                "run {run_id} has status {}, not parked; only a parked run takes retry, skip or fail",
                 given.status.as_str()
             )));
         }
@@ -423,6 +470,8 @@ impl<C: PluginCaller> Engine<C> {
                 message: format!("interrupted mid-call; {actor} chose {}", decision.as_str()),
             });
             self.store.put_step(&target_id, index, record)?;
+            let record = record.clone();
+            self.audit_step(&format!("operator:{actor}"), &target, index, &record)?;
         }
         target.status = RunStatus::Running;
         let detail = json!({ "decision": decision.as_str(), "step": step_id });
@@ -855,7 +904,7 @@ impl<C: PluginCaller> Engine<C> {
             let record = runner::failed_record(step, "expression", message.clone());
             let index = push_record(&mut lock(), record.clone());
             self.store.put_step(&run.id, index, &record)?;
-            return Ok(());
+            return self.audit_step("engine", run, index, &record);
         }
         if step.approval.is_some() {
             return self.run_approval(run, unit, journal, context).await;
@@ -920,7 +969,7 @@ impl<C: PluginCaller> Engine<C> {
                 if side_effects {
                     // The side effect may happen as soon as the plugin runs,
                     // so the journal must know first.
-                    self.store.flush()?;
+                    self.flush().await?;
                 }
                 let record = runner::call(self.caller.as_ref(), step, &run.id, started).await;
                 (index, record)
@@ -944,24 +993,11 @@ impl<C: PluginCaller> Engine<C> {
         }
         lock()[index] = record.clone();
         self.store.put_step(&run.id, index, &record)?;
-        let detail = json!({
-            "step": record.id,
-            "item": record.item,
-            "handles": record.handles,
-            "uses": record.uses,
-            "step_status": record.status,
-            "attempt": record.attempt,
-            "index": index,
-            "plugin_version": record.plugin_version,
-            "idempotency_key": record.idempotency_key,
-            "error_kind": record.error.as_ref().map(|error| &error.kind),
-            "record_sha256": record_digest(&record),
-        });
-        self.audit_run("engine", "step_finished", run, detail)?;
+        self.audit_step("engine", run, index, &record)?;
         if side_effects {
             // Without this, a stop soon after would find the step still
             // `started` and retry or park a side effect that happened.
-            self.store.flush()?;
+            self.flush().await?;
         }
         Ok(())
     }
@@ -1087,6 +1123,7 @@ impl<C: PluginCaller> Engine<C> {
             }));
             lock()[unit.index] = record.clone();
             self.store.put_step(&run.id, unit.index, &record)?;
+            self.audit_step("engine", run, unit.index, &record)?;
             let detail = format!(
                 "approval {:?} of run {} timed out: {}",
                 step.id,
@@ -1124,7 +1161,7 @@ impl<C: PluginCaller> Engine<C> {
                     });
                     let index = self.place(run, unit, &mut lock(), record.clone());
                     self.store.put_step(&run.id, index, &record)?;
-                    return Ok(());
+                    return self.audit_step("engine", run, index, &record);
                 }
             };
             let deadline = Utc::now()
@@ -1138,7 +1175,11 @@ impl<C: PluginCaller> Engine<C> {
         }
         let index = self.place(run, unit, &mut lock(), record.clone());
         self.store.put_step(&run.id, index, &record)?;
-        if record.status == StepStatus::Started {
+        if record.status != StepStatus::Started {
+            // The condition was false: the step is skipped.
+            return self.audit_step("engine", run, index, &record);
+        }
+        {
             let detail = format!("run {} asks: {}", run.id, record.input["question"]);
             self.store.update_case(&run.case_id, &mut |case| {
                 case.record("approval_requested", detail.clone(), Utc::now());
@@ -1153,25 +1194,29 @@ impl<C: PluginCaller> Engine<C> {
     /// sub-playbook runs under them.
     pub fn pending_approvals(&self) -> Result<Vec<PendingApproval>, EngineError> {
         let mut pending = Vec::new();
-        let mut runs: Vec<RunRecord> = self
+        let mut runs: Vec<(String, RunRecord)> = self
             .store
             .active_runs()?
             .into_iter()
             .filter(|run| run.status == RunStatus::Waiting)
+            .map(|run| (run.id.clone(), run))
             .collect();
-        while let Some(run) = runs.pop() {
+        while let Some((root, run)) = runs.pop() {
             for record in &run.steps {
                 if record.status != StepStatus::Started {
                     continue;
                 }
                 if let Some(child) = &record.child_run {
-                    runs.extend(self.store.run(child)?);
+                    if let Some(child) = self.store.run(child)? {
+                        runs.push((root.clone(), child));
+                    }
                     continue;
                 }
                 if record.uses != "approval" {
                     continue;
                 }
                 pending.push(PendingApproval {
+                    root_run_id: root.clone(),
                     run_id: run.id.clone(),
                     step_id: record.id.clone(),
                     item: record.item,
@@ -1204,8 +1249,9 @@ impl<C: PluginCaller> Engine<C> {
         run_id: &str,
         step_id: &str,
         item: Option<u32>,
-        answer: Answer,
+        mut answer: Answer,
     ) -> Result<RunRecord, EngineError> {
+        answer.actor = check_actor(&answer.actor)?;
         let given = self.load_run(run_id)?;
         let mut root = given.clone();
         while let Some(parent) = &root.parent {
@@ -1260,6 +1306,12 @@ impl<C: PluginCaller> Engine<C> {
             "timed_out": false,
         }));
         self.store.put_step(&given.id, index, &record)?;
+        self.audit_step(
+            &format!("operator:{}", answer.actor),
+            &given,
+            index,
+            &record,
+        )?;
         let verdict = if answer.approve {
             "approved"
         } else {
@@ -1373,7 +1425,10 @@ impl<C: PluginCaller> Engine<C> {
         );
         self.store.finish_run(&run, &mut |case| {
             apply_case_fields(case, &fields, key_observable.as_ref());
-            case.run_ids.push(run.id.clone());
+            // A sub-playbook run is listed under the step that called it.
+            if run.parent.is_none() {
+                case.run_ids.push(run.id.clone());
+            }
             case.record("run_finished", detail.clone(), Utc::now());
             for error in &errors {
                 case.record("case_update_failed", error.clone(), Utc::now());

@@ -61,7 +61,11 @@ mod tests {
             "properties": {"reason": {"type": "string", "minLength": 3}}
         }))
         .unwrap();
-        assert!(schema.validate(&json!({"reason": "confirmed phishing"})).is_ok());
+        assert!(
+            schema
+                .validate(&json!({"reason": "confirmed phishing"}))
+                .is_ok()
+        );
         let error = schema.validate(&json!({"reason": 7})).unwrap_err();
         assert!(error.contains("reason"), "{error}");
         assert!(schema.validate(&json!({})).is_err());

@@ -127,10 +127,27 @@ fn canonical_id(raw: &Value) -> String {
     hex::encode(Sha256::digest(raw.to_string().as_bytes()))
 }
 
+/// Digests of empty content (MD5, SHA-1, SHA-256). Every empty file has
+/// them, so two alerts that share one need not have a shared cause.
+pub(crate) const EMPTY_DIGESTS: [&str; 3] = [
+    "d41d8cd98f00b204e9800998ecf8427e",
+    "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+];
+
+/// Grouping key of an alert: source, rule and key observable. An internal
+/// address or the digest of an empty file is shared by unrelated machines,
+/// so such a key observable is scoped to the alert's host.
 fn fingerprint(source: &str, rule: &Rule, key: Option<&Observable>, host: Option<&str>) -> String {
+    let host = host.unwrap_or("");
     let subject = match key {
+        Some(observable)
+            if observable.internal || EMPTY_DIGESTS.contains(&observable.value.as_str()) =>
+        {
+            format!("{}:{}@{host}", observable.kind, observable.value)
+        }
         Some(observable) => format!("{}:{}", observable.kind, observable.value),
-        None => format!("host:{}", host.unwrap_or("")),
+        None => format!("host:{host}"),
     };
     let digest = Sha256::digest(format!("{source}\n{}\n{subject}", rule.id).as_bytes());
     hex::encode(&digest[..16])
@@ -357,5 +374,24 @@ mod tests {
         raw["timestamp"] = json!("yesterday");
         let error = Alert::from_raw(raw).unwrap_err().to_string();
         assert!(error.contains("\"yesterday\""), "{error}");
+    }
+
+    #[test]
+    fn shared_values_are_scoped_to_the_host() {
+        let fim = |agent: &str, sha256: &str| {
+            Alert::from_raw(serde_json::json!({
+                "timestamp": "2022-11-17T19:17:42.694+0200",
+                "rule": {"level": 5, "id": "554", "description": "File added to the system."},
+                "agent": {"id": agent, "name": format!("host-{agent}"), "ip": "10.0.2.15"},
+                "syscheck": {"path": "/tmp/x", "sha256_after": sha256}
+            }))
+            .unwrap()
+        };
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let eicar = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f";
+        assert_ne!(fim("010", empty).fingerprint, fim("012", empty).fingerprint);
+        assert_eq!(fim("010", empty).fingerprint, fim("010", empty).fingerprint);
+        // A real file hash is one story on every host.
+        assert_eq!(fim("010", eicar).fingerprint, fim("012", eicar).fingerprint);
     }
 }

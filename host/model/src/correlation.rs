@@ -3,16 +3,8 @@
 
 use serde_json::Value;
 
-use crate::alert::Alert;
+use crate::alert::{Alert, EMPTY_DIGESTS};
 use crate::observable::ObservableKind;
-
-/// Digests of empty content. Every empty file has them, so two alerts
-/// that share one need not have a shared cause.
-const EMPTY_DIGESTS: [&str; 3] = [
-    "d41d8cd98f00b204e9800998ecf8427e",
-    "da39a3ee5e6b4b0d3255bfef95601890afd80709",
-    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-];
 
 /// Id of the agent that a Wazuh manager uses for itself.
 const WAZUH_MANAGER_AGENT: &str = "000";

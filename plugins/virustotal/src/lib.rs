@@ -68,6 +68,17 @@ impl Plugin for VirusTotal {
                     lookup_output_schema(),
                     false,
                 ),
+                action(
+                    "plan-lookups",
+                    "Returns the observables `lookup` would look up within the budget, in its order, without sending any request.",
+                    lookup_input_schema(),
+                    json!({
+                        "type": "object",
+                        "required": ["observables"],
+                        "properties": {"observables": {"type": "array"}}
+                    }),
+                    false,
+                ),
             ],
             capabilities: Capabilities {
                 // `config:base_url` requests the origin of the operator's
@@ -92,6 +103,14 @@ impl Plugin for VirusTotal {
             "lookup" => {
                 let base_url = configured_base_url()?;
                 return lookup::lookup(&input, |target| fetch_report(&base_url, target));
+            }
+            "plan-lookups" => {
+                // The same selection as `lookup`, with each chosen target
+                // returned instead of fetched.
+                let planned = lookup::lookup(&input, |target| {
+                    Ok(json!({"type": target.kind(), "value": target.value(), "internal": false}))
+                })?;
+                return Ok(json!({ "observables": planned["results"] }));
             }
             other => return Err(PluginError::UnknownAction(other.to_string())),
         };
