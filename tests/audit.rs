@@ -2,7 +2,8 @@
 //! playbook run on a bundled Wazuh alert records an intact chain. Its
 //! export, imported into a fresh data directory, verifies and exports the
 //! same lines. A record changed in an export is named by `audit verify`
-//! once it is imported.
+//! once it is imported, and so is a step output changed in the database or
+//! in an export.
 
 mod support;
 
@@ -146,7 +147,7 @@ async fn audit_chain_survives_export_and_import() {
         &["export", "--out", export_file.to_str().unwrap()],
     );
     let exported = std::fs::read_to_string(&export_file).unwrap();
-    for kind in ["alert", "case", "run", "kv", "secret", "audit", "counter", "end"] {
+    for kind in ["alert", "case", "run", "step", "kv", "secret", "audit", "counter", "end"] {
         let tag = format!(r#""kind":"{kind}""#);
         assert!(exported.contains(&tag), "no {kind} line in the export");
     }
@@ -196,6 +197,11 @@ async fn audit_chain_survives_export_and_import() {
         "",
     );
     assert_eq!(import.status.code(), Some(1), "{}", stderr(&import));
+    assert!(
+        stderr(&import).contains("the records were imported into"),
+        "{}",
+        stderr(&import)
+    );
     let verify = palisade(&config, &tampered, &["audit", "verify"], "");
     assert_eq!(verify.status.code(), Some(1), "{}", stderr(&verify));
     let verdict = stdout(&verify);
@@ -234,4 +240,139 @@ fn import_rejects_cut_short_export() {
     std::fs::write(&full_file, &exported).unwrap();
     let imported = succeed(&config, &copy, &["import", full_file.to_str().unwrap()]);
     assert!(imported.contains("audit chain intact: 0 records"), "{imported}");
+}
+
+/// Runs the triage playbook on the bundled Windows Defender alert in
+/// `data_dir`.
+fn run_triage(config: &Path, data_dir: &Path) {
+    succeed(
+        config,
+        data_dir,
+        &[
+            "run",
+            "playbooks/wazuh-triage.yaml",
+            "--alerts",
+            "samples/wazuh/windows_defender_1116_alert.json",
+            "--intel",
+            "samples/intel/palisade-demo-eicar.json",
+        ],
+    );
+}
+
+/// Seq, run id and journal index of the last `step_finished` record that
+/// pins a step record with its digest.
+fn last_pinned_step(records: &[Value]) -> (u64, String, u32) {
+    let record = records
+        .iter()
+        .rev()
+        .find(|record| {
+            record["action"] == "step_finished" && record["detail"]["record_sha256"].is_string()
+        })
+        .expect("a step_finished record with a digest");
+    (
+        record["seq"].as_u64().unwrap(),
+        record["subject"].as_str().unwrap().to_string(),
+        record["detail"]["index"].as_u64().unwrap() as u32,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changed_step_output_is_reported() {
+    let vt = start_virustotal_replay().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), Some(&vt.origin()));
+    let source = dir.path().join("source");
+    run_triage(&config, &source);
+    let (seq, run_id, index) = last_pinned_step(&audit_records(&config, &source));
+    let expected = format!("step {index} of run {run_id} does not match audit record {seq}");
+
+    let export_file = dir.path().join("export.jsonl");
+    succeed(
+        &config,
+        &source,
+        &["export", "--out", export_file.to_str().unwrap()],
+    );
+
+    // Change the step's output in an export and import it.
+    let exported = std::fs::read_to_string(&export_file).unwrap();
+    let mut edited_lines = 0;
+    let edited: Vec<String> = exported
+        .lines()
+        .map(|line| {
+            let mut value: Value = serde_json::from_str(line).unwrap();
+            if value["kind"] == "step" && value["run_id"] == run_id && value["index"] == index {
+                value["step"]["output"] = serde_json::json!({ "forged": true });
+                edited_lines += 1;
+            }
+            value.to_string()
+        })
+        .collect();
+    assert_eq!(edited_lines, 1, "no step line for step {index} of {run_id}");
+    let edited_file = dir.path().join("edited.jsonl");
+    std::fs::write(&edited_file, edited.join("\n") + "\n").unwrap();
+    let copy = dir.path().join("copy");
+    let import = palisade(
+        &config,
+        &copy,
+        &["import", edited_file.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(import.status.code(), Some(1), "{}", stderr(&import));
+    let verdict = stdout(&import);
+    assert!(
+        verdict.contains(&format!("audit chain broken at record {seq}: {expected}")),
+        "{verdict}"
+    );
+    assert!(
+        stderr(&import).contains("the records were imported into"),
+        "{}",
+        stderr(&import)
+    );
+    let verify = palisade(&config, &copy, &["audit", "verify"], "");
+    assert_eq!(verify.status.code(), Some(1), "{}", stderr(&verify));
+    assert!(stdout(&verify).contains(&expected), "{}", stdout(&verify));
+
+    // Change the same step in the source database itself.
+    intact_head(&succeed(&config, &source, &["audit", "verify"]), 1);
+    {
+        use palisade_store::{SledStore, Store};
+        let store = SledStore::open(&source.join("db")).unwrap();
+        let run = store.run(&run_id).unwrap().unwrap();
+        let mut step = run.steps[index as usize].clone();
+        step.output = Some(serde_json::json!({ "forged": true }));
+        store.put_step(&run_id, index as usize, &step).unwrap();
+        store.flush().unwrap();
+    }
+    let verify = palisade(&config, &source, &["audit", "verify"], "");
+    assert_eq!(verify.status.code(), Some(1), "{}", stderr(&verify));
+    let verdict = stdout(&verify);
+    assert!(
+        verdict.starts_with(&format!("audit chain broken at record {seq}: {expected}")),
+        "{verdict}"
+    );
+}
+
+#[test]
+fn import_of_missing_file_creates_no_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), None);
+    let data_dir = dir.path().join("never-created");
+    let missing = dir.path().join("missing.jsonl");
+    let output = palisade(
+        &config,
+        &data_dir,
+        &["import", missing.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("cannot open import file"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        !data_dir.exists(),
+        "the import created {}",
+        data_dir.display()
+    );
 }

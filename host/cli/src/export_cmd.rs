@@ -2,7 +2,7 @@
 //! lines, for backups and moves between machines.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -51,19 +51,27 @@ pub fn export(config: &Config, out: Option<&Path>) -> anyhow::Result<ExitCode> {
 }
 
 /// Reads the export in `file` (`-` for standard input) into the database of
-/// `config`, which must be empty. Exits with 1 when the imported audit
-/// chain is broken.
+/// `config`, which must be empty. The file is opened before the database,
+/// so a wrong path leaves no empty database behind.
+///
+/// Exits with 1 when the imported audit chain is broken or a step record
+/// does not match its audit record. The imported data stays in that case,
+/// because an export copies a damaged audit log as it is and refusing it
+/// would make such a backup impossible to restore. A message on standard
+/// error states this, and the operator decides whether to keep the
+/// database.
 pub fn import(config: &Config, file: &Path) -> anyhow::Result<ExitCode> {
-    let store = host::open_store(config)?;
-    let summary = if file == Path::new("-") {
-        store.import(&mut std::io::stdin().lock())?
+    let mut input: Box<dyn BufRead> = if file == Path::new("-") {
+        Box::new(std::io::stdin().lock())
     } else {
         let opened = File::open(file)
             .with_context(|| format!("cannot open import file {}", file.display()))?;
-        store
-            .import(&mut BufReader::new(opened))
-            .with_context(|| format!("importing {} failed", file.display()))?
+        Box::new(BufReader::new(opened))
     };
+    let store = host::open_store(config)?;
+    let summary = store
+        .import(&mut input)
+        .with_context(|| format!("importing {} failed", file.display()))?;
     store.flush()?;
     let migrated = if summary.exported_schema_version == summary.schema_version {
         String::new()
@@ -81,9 +89,12 @@ pub fn import(config: &Config, file: &Path) -> anyhow::Result<ExitCode> {
     );
     let (line, intact) = verdict_line(&summary.audit);
     println!("{line}");
-    Ok(if intact {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if intact {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "error: the records were imported into {}, but its audit log does not verify; inspect it with `palisade audit list` before you use it, or delete the directory and import an export that verifies",
+        config.data_dir.display()
+    );
+    Ok(ExitCode::FAILURE)
 }

@@ -63,6 +63,17 @@ impl PluginCaller for RuntimeCaller {
         })
     }
 
+    fn input_schema(&self, plugin: &str, action: &str) -> Option<Value> {
+        let loaded = self.runtime.plugin(plugin)?;
+        Some(loaded.info.action(action)?.input_schema.clone())
+    }
+
+    fn requests_network(&self, plugin: &str) -> bool {
+        self.runtime
+            .plugin(plugin)
+            .is_some_and(|loaded| !loaded.info.capabilities.http_origins.is_empty())
+    }
+
     fn has_side_effects(&self, plugin: &str, action: &str) -> bool {
         self.runtime.plugin(plugin).is_none_or(|loaded| {
             loaded

@@ -54,7 +54,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Ingest alerts from files, run matching playbooks, and print the cases.
+    /// With `show ID`, print one run's timeline instead.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Run {
+        #[command(subcommand)]
+        show: Option<RunCommand>,
         /// A playbook file, or a directory of playbooks (the default is the
         /// configured `playbooks_dir`).
         playbook: Option<PathBuf>,
@@ -146,6 +150,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check playbooks before they run.
+    Playbook {
+        #[command(subcommand)]
+        command: PlaybookCommand,
+    },
     /// Inspect loaded plugins.
     Plugin {
         #[command(subcommand)]
@@ -198,6 +207,38 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PlaybookCommand {
+    /// Report every problem of the playbooks with file, line, column and a
+    /// hint: invalid YAML or fields, unknown plugins, actions and
+    /// sub-playbooks, inputs that do not fit an action's schema, undefined
+    /// variables, calls that loop. Warnings name steps that can never run
+    /// and failures nothing handles. Exits 1 when there is an error.
+    Check {
+        /// Playbook files or directories (the default is the configured
+        /// `playbooks_dir`). Playbooks that call each other are checked
+        /// together.
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Print the timeline of run ID: each step with its start, duration,
+    /// attempt, input, output and error, and the runs of the sub-playbooks
+    /// it called, indented. Secrets were redacted before the run was
+    /// stored.
+    Show {
+        id: String,
+        /// Read from a running daemon at this URL instead of the database.
+        #[arg(long)]
+        server: Option<String>,
+        /// Print the run and its sub-playbook runs as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SecretCommand {
     /// Encrypt the value read from standard input and store it as secret
     /// NAME, replacing an earlier value. Surrounding whitespace is removed.
@@ -228,6 +269,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Run {
+            show: Some(RunCommand::Show { id, server, json }),
+            ..
+        } => run_cmd::show(&config, &id, server.as_deref(), json).await,
+        Command::Run {
+            show: None,
             playbook,
             alerts,
             intel,
@@ -290,6 +336,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        Command::Playbook {
+            command: PlaybookCommand::Check { paths },
+        } => check_playbooks(&config, &paths).await,
         Command::Plugin { command } => plugin_command(&config, command).await,
         Command::Quota { server, json } => output::quotas(&config, server.as_deref(), json).await,
         Command::Intel { files } => {
@@ -531,6 +580,42 @@ async fn load_intel(host: &host::Host, files: &[PathBuf]) -> anyhow::Result<()> 
         eprintln!("loaded {loaded} {noun} from {}", file.display());
     }
     Ok(())
+}
+
+async fn check_playbooks(config: &Config, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let roots = if paths.is_empty() {
+        vec![config.playbooks_dir.clone()]
+    } else {
+        paths.to_vec()
+    };
+    let mut files = Vec::new();
+    for root in &roots {
+        files.extend(
+            palisade_engine::playbook_files(root)
+                .with_context(|| format!("cannot list playbooks in {}", root.display()))?,
+        );
+    }
+    let caller = host::RuntimeCaller {
+        runtime: host::build_runtime_only(config).await?,
+    };
+    let diagnostics = palisade_engine::check_files(&files, &caller);
+    for diagnostic in &diagnostics {
+        println!("{diagnostic}");
+    }
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.level == palisade_engine::Level::Error)
+        .count();
+    let warnings = diagnostics.len() - errors;
+    eprintln!(
+        "checked {} playbooks: {errors} errors, {warnings} warnings",
+        files.len()
+    );
+    Ok(if errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn plugin_command(config: &Config, command: PluginCommand) -> anyhow::Result<ExitCode> {

@@ -188,6 +188,99 @@ pub fn run_detail(run: &RunRecord) -> String {
     out
 }
 
+/// Formats the timeline of `runs[0]`: every journal entry with its start
+/// (milliseconds after the run started), duration, status, attempt,
+/// input, output and error, and under a sub-playbook step the timeline of
+/// the run it called, indented.
+pub fn run_timeline(runs: &[RunRecord]) -> String {
+    let mut out = String::new();
+    if let Some(run) = runs.first() {
+        write_timeline(&mut out, run, runs, 0);
+    }
+    out
+}
+
+fn write_timeline(out: &mut String, run: &RunRecord, runs: &[RunRecord], depth: usize) {
+    let pad = "    ".repeat(depth);
+    let took = run
+        .finished_at
+        .map(|end| format!(" in {} ms", (end - run.started_at).num_milliseconds()))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{pad}run {} of {} on alert {} (case {}): {}{took}",
+        run.id,
+        run.playbook,
+        run.alert_id,
+        run.case_id,
+        run.status.as_str()
+    );
+    if !run.inputs.is_null() && run.inputs != serde_json::json!({}) {
+        let _ = writeln!(out, "{pad}  inputs  {}", compact(&run.inputs));
+    }
+    for step in &run.steps {
+        let offset = (step.started_at - run.started_at).num_milliseconds();
+        let status = match step.status {
+            StepStatus::Started => "started",
+            StepStatus::Succeeded => "ok",
+            StepStatus::Failed => "FAILED",
+            StepStatus::Skipped => "skipped",
+        };
+        let mut label = step.id.clone();
+        if let Some(item) = step.item {
+            label.push_str(&format!("[{item}]"));
+        }
+        if let Some(failed) = &step.handles {
+            label.push_str(&format!(" (handles {failed})"));
+        }
+        let _ = writeln!(
+            out,
+            "{pad}  +{offset:>6} ms  {label:<24} {:<28} {status:<8} {:>8.1} ms  attempt {}",
+            step.uses,
+            step.duration_us as f64 / 1000.0,
+            step.attempt
+        );
+        if !step.input.is_null() {
+            let _ = writeln!(out, "{pad}      input   {}", compact(&step.input));
+        }
+        if let Some(output) = &step.output {
+            let _ = writeln!(out, "{pad}      output  {}", compact(output));
+        }
+        if let Some(error) = &step.error {
+            let _ = writeln!(out, "{pad}      error   {}: {}", error.kind, error.message);
+        }
+        if let Some(at) = step.retry_at {
+            let _ = writeln!(out, "{pad}      retry   at {at}");
+        }
+        if let Some(child) = step
+            .child_run
+            .as_ref()
+            .and_then(|id| runs.iter().find(|run| &run.id == id))
+        {
+            write_timeline(out, child, runs, depth + 2);
+        }
+    }
+    if let Some(outputs) = &run.outputs {
+        let _ = writeln!(out, "{pad}  outputs {}", compact(outputs));
+    }
+    if let Some(error) = &run.error {
+        let _ = writeln!(out, "{pad}  error   {}: {}", error.kind, error.message);
+    }
+    if let Some(at) = run.wake_at.filter(|_| run.status == RunStatus::Waiting) {
+        let _ = writeln!(out, "{pad}  waits until {at}");
+    }
+}
+
+/// One-line JSON, cut at 300 characters.
+fn compact(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() <= 300 {
+        return text;
+    }
+    let cut: String = text.chars().take(300).collect();
+    format!("{cut}...")
+}
+
 /// Formats a plugin's actions, its requested versus granted capabilities,
 /// and the grant entries the runtime ignores because the plugin did not
 /// request them. A capability is usable only where both columns name it.

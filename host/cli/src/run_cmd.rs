@@ -159,3 +159,38 @@ async fn send(request: reqwest::RequestBuilder, url: &str, server: &str) -> anyh
     }
     serde_json::from_str(&text).with_context(|| format!("{url} returned invalid JSON"))
 }
+
+/// Prints the timeline of run `id` with the runs of its sub-playbooks.
+pub async fn show(
+    config: &Config,
+    id: &str,
+    server: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut runs: Vec<RunRecord> = Vec::new();
+    let mut pending = vec![id.to_string()];
+    let store = match server {
+        Some(_) => None,
+        None => Some(host::open_store(config)?),
+    };
+    while let Some(next) = pending.pop() {
+        let run: RunRecord = match (server, &store) {
+            (Some(server), _) => {
+                let url = format!("{}/v1/runs/{next}", server.trim_end_matches('/'));
+                serde_json::from_value(send(reqwest::Client::new().get(&url), &url, server).await?)?
+            }
+            (None, Some(store)) => store
+                .run(&next)?
+                .with_context(|| format!("run {next:?} not found; `palisade runs` lists them"))?,
+            (None, None) => unreachable!("a store is opened when no server is given"),
+        };
+        pending.extend(run.steps.iter().filter_map(|step| step.child_run.clone()));
+        runs.push(run);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+    } else {
+        print!("{}", printable_lines(&crate::output::run_timeline(&runs)));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -6,6 +6,7 @@
 //! or sled types.
 
 mod cases;
+mod check;
 mod playbook;
 mod runner;
 mod runs;
@@ -24,6 +25,7 @@ pub use crate::cases::{
     CaseCounts, CaseEdit, CaseError, CaseFilter, CaseQuery, CaseService, CaseStats,
     MAX_COMMENT_CHARS, MAX_NAME_CHARS, MAX_TAG_CHARS, PRIORITIES, SeverityCounts, parse_period,
 };
+pub use crate::check::{Diagnostic, Level, check_files, input_problems, playbook_files};
 pub use crate::playbook::{
     Approval, CaseUpdate, DEFAULT_RETRY_KINDS, Input, Join, OnError, OnInterrupt, Playbook,
     PlaybookError, Retry, Step, TimeoutDecision, Trigger,
@@ -217,7 +219,7 @@ fn check_calls(playbook: &Playbook, all: &[Playbook]) -> Result<(), EngineError>
 
 /// Rejects playbooks that call themselves, directly or through others,
 /// naming the chain of calls.
-fn check_recursion(playbooks: &[Playbook]) -> Result<(), EngineError> {
+pub(crate) fn check_recursion(playbooks: &[Playbook]) -> Result<(), EngineError> {
     fn visit<'a>(
         name: &'a str,
         playbooks: &'a [Playbook],

@@ -82,6 +82,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "expression",
     "unknown_playbook",
     "recursion",
+    "failed_by_playbook",
 ];
 
 /// Error kinds retried when a step's `retry.on` is not given: the failures
@@ -167,6 +168,10 @@ pub struct Step {
     /// A question for a person: the run waits for the answer or the
     /// timeout. The step's output is the decision.
     pub approval: Option<Approval>,
+    /// Fails the step with this message (a template), so that its
+    /// `on_error` decides: with the default, the run fails. For a branch
+    /// that must end the run, such as a rejected approval.
+    pub fail: Option<String>,
     /// Expression that must be true for the step to run.
     #[serde(rename = "if")]
     pub condition: Option<String>,
@@ -393,6 +398,34 @@ impl Playbook {
 
     /// Parses and checks playbook `text`; `path` is used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, PlaybookError> {
+        let mut playbook = Self::parse_unchecked(text, path)?;
+        playbook.check().map_err(|message| PlaybookError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
+        playbook.name_step_kinds();
+        Ok(playbook)
+    }
+
+    /// Sets `uses` of the steps that call no plugin to what the journal
+    /// records for them: `playbook:NAME`, `approval` or `fail`.
+    pub fn name_step_kinds(&mut self) {
+        for step in self.steps.iter_mut().chain(&mut self.handlers) {
+            if let Some(name) = &step.playbook {
+                step.uses = format!("playbook:{name}");
+            }
+            if step.approval.is_some() {
+                step.uses = "approval".to_string();
+            }
+            if step.fail.is_some() {
+                step.uses = "fail".to_string();
+            }
+        }
+    }
+
+    /// Parses playbook `text` without the checks of [`Playbook::problems`],
+    /// so a checker can list every problem.
+    pub fn parse_unchecked(text: &str, path: &Path) -> Result<Self, PlaybookError> {
         let shown = path.display().to_string();
         let mut playbook: Playbook =
             serde_yaml_ng::from_str(text).map_err(|error| match error.location() {
@@ -408,18 +441,6 @@ impl Playbook {
                 },
             })?;
         playbook.path = path.to_path_buf();
-        playbook.check().map_err(|message| PlaybookError::Invalid {
-            path: shown,
-            message,
-        })?;
-        for step in playbook.steps.iter_mut().chain(&mut playbook.handlers) {
-            if let Some(name) = &step.playbook {
-                step.uses = format!("playbook:{name}");
-            }
-            if step.approval.is_some() {
-                step.uses = "approval".to_string();
-            }
-        }
         Ok(playbook)
     }
 
@@ -459,29 +480,56 @@ impl Playbook {
     }
 
     fn check(&self) -> Result<(), String> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem the playbook has on its own, each a message that names
+    /// the step or field; empty when it is valid. [`Playbook::parse`]
+    /// reports the first.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         if self.name.trim().is_empty() {
-            return Err("`name` is empty; give the playbook a name".into());
+            problems.push("`name` is empty; give the playbook a name".into());
         }
         if self.steps.is_empty() {
-            return Err("`steps` is empty; a playbook needs at least one step".into());
+            problems.push("`steps` is empty; a playbook needs at least one step".into());
         }
         let templates = Templates::new();
         if let Some(when) = self
             .trigger
             .as_ref()
             .and_then(|trigger| trigger.when.as_ref())
+            && let Err(error) = templates.check_expression(when)
         {
-            templates
-                .check_expression(when)
-                .map_err(|error| format!("trigger.when {when:?}: {error}"))?;
+            problems.push(format!("trigger.when {when:?}: {error}"));
         }
         let mut seen = BTreeSet::new();
         let mut ancestors: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         let mut before = None;
         for step in &self.steps {
-            let reachable = self.check_needs(step, before, &seen, &ancestors)?;
-            self.check_step(step, &seen, &reachable, &templates)?;
-            self.check_handler_reference(step)?;
+            // A step with invalid needs still gets its other checks, with
+            // the ancestors that could be worked out.
+            let reachable = match self.check_needs(step, before, &seen, &ancestors) {
+                Ok(reachable) => reachable,
+                Err(problem) => {
+                    problems.push(problem);
+                    step.dependencies(before)
+                        .into_iter()
+                        .filter(|need| seen.contains(need))
+                        .flat_map(|need| {
+                            let mut all: BTreeSet<&str> =
+                                ancestors.get(need).cloned().unwrap_or_default();
+                            all.insert(need);
+                            all
+                        })
+                        .collect()
+                }
+            };
+            problems.extend(self.check_step(step, &seen, &reachable, &templates).err());
+            problems.extend(self.check_handler_reference(step).err());
             seen.insert(step.id.as_str());
             ancestors.insert(step.id.as_str(), reachable);
             before = Some(step);
@@ -494,12 +542,13 @@ impl Playbook {
                 || handler.handler.is_some()
                 || handler.join != Join::All
             {
-                return Err(format!(
+                problems.push(format!(
                     "handler {id:?} has needs, join, for_each or handler; a handler is one step run after a failure"
                 ));
             }
-            self.check_step(handler, &seen, &main_steps, &templates)
-                .map_err(|error| format!("handlers: {error}"))?;
+            if let Err(error) = self.check_step(handler, &seen, &main_steps, &templates) {
+                problems.push(format!("handlers: {error}"));
+            }
             seen.insert(id.as_str());
         }
         let case_fields = [
@@ -512,21 +561,23 @@ impl Playbook {
         ];
         for (field, value) in case_fields {
             if let Some(value) = value {
-                templates
-                    .check_value(&Value::String(value.clone()))
-                    .map_err(|error| format!("case.{field}: {error}"))?;
-                check_step_references(value, &seen)
-                    .map_err(|error| format!("case.{field}: {error}"))?;
+                if let Err(error) = templates.check_value(&Value::String(value.clone())) {
+                    problems.push(format!("case.{field}: {error}"));
+                }
+                if let Err(error) = check_step_references(value, &seen) {
+                    problems.push(format!("case.{field}: {error}"));
+                }
             }
         }
         for (name, value) in &self.outputs {
-            templates
-                .check_value(&Value::String(value.clone()))
-                .map_err(|error| format!("outputs.{name}: {error}"))?;
-            check_step_references(value, &seen)
-                .map_err(|error| format!("outputs.{name}: {error}"))?;
+            if let Err(error) = templates.check_value(&Value::String(value.clone())) {
+                problems.push(format!("outputs.{name}: {error}"));
+            }
+            if let Err(error) = check_step_references(value, &seen) {
+                problems.push(format!("outputs.{name}: {error}"));
+            }
         }
-        Ok(())
+        problems
     }
 
     /// Checks `step.needs` and returns the ids of every step that ends
@@ -658,6 +709,16 @@ impl Playbook {
                 None => {}
             }
         }
+        if let Some(message) = &step.fail {
+            if !step.uses.is_empty() || step.playbook.is_some() || step.approval.is_some() {
+                return Err(format!(
+                    "step {id:?} has `fail` and also `uses`, `playbook` or `approval`; give one"
+                ));
+            }
+            templates
+                .check_value(&Value::String(message.clone()))
+                .map_err(|error| format!("step {id:?} `fail`: {error}"))?;
+        }
         if let Some(approval) = &step.approval {
             if !step.uses.is_empty() || step.playbook.is_some() {
                 return Err(format!(
@@ -680,7 +741,7 @@ impl Playbook {
                 .map_err(|error| format!("step {id:?} `approval.question`: {error}"))?;
         }
         match &step.playbook {
-            _ if step.approval.is_some() => {}
+            _ if step.approval.is_some() || step.fail.is_some() => {}
             Some(name) if !step.uses.is_empty() => {
                 return Err(format!(
                     "step {id:?} has both `uses: {}` and `playbook: {name}`; give one",
@@ -782,7 +843,7 @@ impl Playbook {
     pub fn targets(&self) -> BTreeMap<&str, BTreeSet<&str>> {
         let mut targets: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for step in self.steps.iter().chain(&self.handlers) {
-            if step.playbook.is_some() || step.approval.is_some() {
+            if step.playbook.is_some() || step.approval.is_some() || step.fail.is_some() {
                 continue;
             }
             let (plugin, action) = step.target();

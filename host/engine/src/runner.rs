@@ -51,6 +51,14 @@ pub trait PluginCaller: Send + Sync + 'static {
     /// Whether `plugin.action` changes something outside Palisade, as the
     /// plugin declares. An unknown action counts as having side effects.
     fn has_side_effects(&self, plugin: &str, action: &str) -> bool;
+
+    /// JSON Schema of the input of `plugin.action`, when the plugin gives a
+    /// valid one.
+    fn input_schema(&self, plugin: &str, action: &str) -> Option<Value>;
+
+    /// Whether plugin `plugin` requests HTTP origins, so its calls can meet
+    /// timeouts, rate limits and upstream errors.
+    fn requests_network(&self, plugin: &str) -> bool;
 }
 
 /// The expression context of a run: `alert`, `case` and the outputs of the

@@ -137,13 +137,6 @@ fn idempotency_key(run: &RunRecord, step_id: &str) -> String {
     format!("palisade-{}", &hex::encode(digest.finalize())[..40])
 }
 
-/// Hex SHA-256 of a journaled step record, so the audit log pins what
-/// the journal holds without copying inputs and outputs into it.
-fn record_digest(record: &StepRecord) -> String {
-    let bytes = serde_json::to_vec(record).unwrap_or_default();
-    hex::encode(Sha256::digest(bytes))
-}
-
 impl<C: PluginCaller> Engine<C> {
     /// Waits until every write so far is on disk, on a thread of the
     /// blocking pool: a flush can wait on the disk for a long time and must
@@ -198,7 +191,7 @@ impl<C: PluginCaller> Engine<C> {
             "plugin_version": record.plugin_version,
             "idempotency_key": record.idempotency_key,
             "error_kind": record.error.as_ref().map(|error| &error.kind),
-            "record_sha256": record_digest(record),
+            "record_sha256": palisade_store::step_record_sha256(record),
         });
         self.audit_run(actor, "step_finished", run, detail)
     }
@@ -653,10 +646,16 @@ impl<C: PluginCaller> Engine<C> {
                             HandlerState::Run(unit) => units.push(unit),
                             HandlerState::Waiting(at) => wake = Some(earliest(wake, at)),
                             HandlerState::Parked(handler) => parked = parked.or(Some(handler)),
-                            HandlerState::Ended if step.on_error == OnError::Fail => {
+                            HandlerState::Ended(output) if step.on_error == OnError::Fail => {
+                                if let (Some(handler), Some(output)) = (&step.handler, &output) {
+                                    context.add_step_output(handler, output);
+                                }
                                 return Plan::Fail(step, Some(error.clone()));
                             }
-                            HandlerState::Ended => {
+                            HandlerState::Ended(output) => {
+                                if let (Some(handler), Some(output)) = (&step.handler, &output) {
+                                    context.add_step_output(handler, output);
+                                }
                                 ended.insert(
                                     &step.id,
                                     Ended {
@@ -872,12 +871,12 @@ impl<C: PluginCaller> Engine<C> {
             .as_ref()
             .and_then(|id| playbook.handlers.iter().find(|h| &h.id == id))
         else {
-            return HandlerState::Ended;
+            return HandlerState::Ended(None);
         };
         let latest = latest_record(run, &handler.id, None, Some(&step.id));
         let failure = json!({ "step": step.id, "kind": error.kind, "message": error.message });
         match self.slot_state(handler, run, latest, None, forced) {
-            SlotState::Ended(_) => HandlerState::Ended,
+            SlotState::Ended(record) => HandlerState::Ended(record.output.clone()),
             SlotState::Run(mut unit) => {
                 unit.handles = Some((step.id.clone(), failure));
                 HandlerState::Run(unit)
@@ -934,6 +933,25 @@ impl<C: PluginCaller> Engine<C> {
         let (index, mut record) = match prepared {
             Prepared::Done(record) => {
                 let record = unit.label(record);
+                let index = self.place(run, unit, &mut lock(), record.clone());
+                (index, record)
+            }
+            Prepared::Call(started) if step.fail.is_some() => {
+                let message = step.fail.clone().unwrap_or_default();
+                let message = match self
+                    .templates
+                    .render(&Value::String(message), &context_value)
+                {
+                    Ok(Value::String(text)) => text,
+                    Ok(other) => other.to_string(),
+                    Err(error) => format!("`fail` could not be evaluated: {error}"),
+                };
+                let mut record = unit.label(started);
+                record.status = StepStatus::Failed;
+                record.error = Some(StepError {
+                    kind: "failed_by_playbook".into(),
+                    message,
+                });
                 let index = self.place(run, unit, &mut lock(), record.clone());
                 (index, record)
             }
@@ -1552,7 +1570,8 @@ enum SlotState<'p> {
 }
 
 enum HandlerState<'p> {
-    Ended,
+    /// No handler, or it ended; with the handler's output.
+    Ended(Option<Value>),
     Run(Unit<'p>),
     Waiting(DateTime<Utc>),
     Parked(&'p Step),

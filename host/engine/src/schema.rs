@@ -41,9 +41,27 @@ impl Schema {
     /// Checks `value` against the schema. The error names the first
     /// failing location and why.
     pub fn validate(&self, value: &Value) -> Result<(), String> {
-        self.schemas
-            .validate(value, self.index)
-            .map_err(|error| format!("{error:#}").replace(SCHEMA_LOCATION, "schema"))
+        self.schemas.validate(value, self.index).map_err(|error| {
+            // boon writes a header line, then one `- at 'PATH': REASON` line
+            // per failure; keep the failures.
+            let text = error.to_string();
+            let failures: Vec<String> = text
+                .lines()
+                .skip(1)
+                .map(|line| {
+                    let line = line.trim().trim_start_matches("- ");
+                    match line.strip_prefix("at '': ") {
+                        Some(reason) => reason.to_string(),
+                        None => line.to_string(),
+                    }
+                })
+                .collect();
+            if failures.is_empty() {
+                text.replace(SCHEMA_LOCATION, "schema")
+            } else {
+                failures.join("; ")
+            }
+        })
     }
 }
 

@@ -6,8 +6,9 @@
 //! SHA-256 of a canonical encoding of its other fields, `prev_hash`
 //! included, and `prev_hash` is the hash of the record before it (64 zeros
 //! for record 1). Changing, removing or reordering a stored record
-//! therefore breaks the chain at that record, and [`AuditLog::verify`]
-//! finds the first break.
+//! therefore breaks the chain at that record, and [`AuditLog::verify_with`]
+//! finds the first break. [`crate::step_digest`] then checks the run
+//! journal against the digests in `step_finished` records.
 //!
 //! A chain alone cannot show that records were cut off at the end. The
 //! head hash that `palisade audit verify` prints is what to keep elsewhere
@@ -149,9 +150,19 @@ impl AuditLog {
             .collect()
     }
 
-    /// Walks the chain from record 1 and reports the first record that is
-    /// missing, out of place, unreadable or changed.
+    /// Checks the chain alone, for tests.
+    #[cfg(test)]
     pub(crate) fn verify(&self) -> Result<AuditVerdict, StoreError> {
+        self.verify_with(&mut |_| {})
+    }
+
+    /// Walks the chain from record 1 and reports the first record that is
+    /// missing, out of place, unreadable or changed. Each record that fits
+    /// the chain is passed to `visit`, in sequence order.
+    pub(crate) fn verify_with(
+        &self,
+        visit: &mut dyn FnMut(&AuditRecord),
+    ) -> Result<AuditVerdict, StoreError> {
         // Every record up to this head was inserted before the head moved,
         // so the walk must reach it. Records appended during the walk are
         // checked if the walk reaches them.
@@ -181,6 +192,7 @@ impl AuditLog {
             if let Some(reason) = check_record(&record, stored_seq, &previous.hash) {
                 return Ok(broken(stored_seq, reason));
             }
+            visit(&record);
             previous = AuditHead {
                 seq: record.seq,
                 hash: record.hash,

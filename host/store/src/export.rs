@@ -1,15 +1,18 @@
-//! Export of a whole database as JSON lines, and import of such an export
-//! into an empty database.
+//! Export of a whole database as JSON lines. [`crate::import`] reads such
+//! an export into an empty database.
 //!
 //! The first line is a header:
-//! `{"palisade_export":1,"schema_version":2,"exported_at":"..."}`. Each
+//! `{"palisade_export":1,"schema_version":3,"exported_at":"..."}`. Each
 //! following line is one record, tagged by `kind`:
 //!
 //! - `counter`: `tree`, `name` and `value` of a sequence counter (the
 //!   `counters` tree, and the case counter kept in `cases`);
 //! - `alert`: the `alert` and the `case_id` it joined;
 //! - `case`: the `case` with its alert ids, timeline and run ids;
-//! - `run`: the `run` with its steps;
+//! - `run`: the `run` without its steps, followed by its `step` lines;
+//! - `step`: the `run_id`, the `index` of the step in the run's journal and
+//!   the `step` record. Exports written before `step` lines existed carry
+//!   the steps in the run line instead, which an import numbers from 0;
 //! - `pending`: the `alert_id` of an accepted alert whose runs have not
 //!   finished, oldest first;
 //! - `kv`: a plugin's `namespace`, `key` and `value` (base64);
@@ -17,36 +20,57 @@
 //!   is never decrypted here;
 //! - `audit`: an audit `record`, unchanged, so its hashes still verify;
 //! - `raw`: `tree`, `key` and `value` (both base64) of an entry in a tree
-//!   this module does not know. Entries of known trees that no other kind
-//!   covers are raw lines too, such as a case list item whose case is
+//!   this module does not know. Entries of known trees that no typed line
+//!   can carry are raw lines too, such as a case list item whose case is
 //!   missing or an audit record that is not JSON. So nothing in the
-//!   database is left out.
+//!   database is left out. The `import` module lists which raw lines an
+//!   import accepts.
+//!
+//! The `pending_index` tree is not exported, because it is derived from
+//! `pending`, whose keys an import renumbers; the import builds it again.
+//! Every other key survives an import unchanged: alert, case and run ids,
+//! step indexes, audit sequence numbers and the keys of raw entries, so the
+//! trees that refer to them (`alert_runs`, `active_runs`, `timers`,
+//! `correlation`, `open_cases`) stay valid.
 //!
 //! The last line is `{"kind":"end","records":N}` with the number of record
 //! lines, so an import notices a file that was cut short. Records are
 //! written in a fixed order, so exporting an imported database gives the
-//! same lines except the header's `exported_at`.
+//! same lines except the header's `exported_at` and the keys of raw
+//! `pending` lines, which an import renumbers. No line is longer than
+//! [`MAX_LINE_BYTES`], because an import reads no longer line.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, Utc};
-use palisade_model::{Alert, Case, RunRecord};
+use palisade_model::{Alert, Case, RunRecord, StepRecord};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::StoreError;
-use crate::audit::{AUDIT_TREE, AuditRecord, AuditVerdict};
-use crate::schema::{self, META_TREE, SCHEMA_VERSION};
+use crate::audit::{AUDIT_TREE, AuditRecord};
+use crate::schema::{META_TREE, SCHEMA_VERSION};
 use crate::sled_store::{CASE_COUNTER, SledStore};
 
 /// Version of the export format in the header's `palisade_export`.
 pub const EXPORT_FORMAT: u32 = 1;
 
+/// Maximum length of one line of an export, without its line break. An
+/// import stops at a longer line instead of buffering it whole, and export
+/// fails rather than write a line that no import would read.
+///
+/// NOTE: a case line carries every alert id and timeline event of the
+/// case, so a case with roughly 250,000 alerts reaches this limit and
+/// cannot be exported. Writing case lists as lines of their own would lift
+/// the limit; such lines must keep each list's order.
+pub(crate) const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Trees whose entries are written as typed lines. Every other tree is
-/// written as `raw` lines.
-const TYPED_TREES: &[&str] = &[
+/// written as `raw` lines, except the [`DERIVED_TREES`].
+pub(crate) const TYPED_TREES: &[&str] = &[
     "counters",
     "alerts",
     "alert_cases",
@@ -61,6 +85,9 @@ const TYPED_TREES: &[&str] = &[
     META_TREE,
 ];
 
+/// Trees that are rebuilt from other trees on import and so not exported.
+pub(crate) const DERIVED_TREES: &[&str] = &["pending_index"];
+
 /// Summary of an export.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExportSummary {
@@ -71,32 +98,19 @@ pub struct ExportSummary {
     pub kinds: BTreeMap<String, u64>,
 }
 
-/// Summary of an import, with the state of the audit chain it brought in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImportSummary {
-    /// Schema version in the export's header.
-    pub exported_schema_version: u32,
-    /// Schema version of the database after the import, which ran any
-    /// migrations from the exported version.
-    pub schema_version: u32,
-    pub records: u64,
-    pub kinds: BTreeMap<String, u64>,
-    pub audit: AuditVerdict,
-}
-
 /// The first line of an export.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Header {
-    palisade_export: u32,
-    schema_version: u32,
-    exported_at: DateTime<Utc>,
+pub(crate) struct Header {
+    pub(crate) palisade_export: u32,
+    pub(crate) schema_version: u32,
+    pub(crate) exported_at: DateTime<Utc>,
 }
 
 /// One line after the header.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-enum Line {
+pub(crate) enum Line {
     Counter {
         tree: String,
         name: String,
@@ -111,6 +125,11 @@ enum Line {
     },
     Run {
         run: Box<RunRecord>,
+    },
+    Step {
+        run_id: String,
+        index: u32,
+        step: Box<StepRecord>,
     },
     Pending {
         alert_id: String,
@@ -138,12 +157,13 @@ enum Line {
 }
 
 impl Line {
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Line::Counter { .. } => "counter",
             Line::Alert { .. } => "alert",
             Line::Case { .. } => "case",
             Line::Run { .. } => "run",
+            Line::Step { .. } => "step",
             Line::Pending { .. } => "pending",
             Line::Kv { .. } => "kv",
             Line::Secret { .. } => "secret",
@@ -170,9 +190,18 @@ struct LineWriter<'a> {
 
 impl LineWriter<'_> {
     fn write_json<T: Serialize>(&mut self, value: &T) -> Result<(), StoreError> {
-        serde_json::to_writer(&mut *self.out, value)
+        let mut bytes = serde_json::to_vec(value)
             .map_err(|error| StoreError::Io(format!("cannot write the export: {error}")))?;
-        self.out.write_all(b"\n").map_err(write_error)
+        if bytes.len() > MAX_LINE_BYTES {
+            return Err(StoreError::Io(format!(
+                "cannot write the export: line {} would be {} bytes, more than the {MAX_LINE_BYTES} bytes an import reads; it starts with {:?}",
+                self.summary.records + 2,
+                bytes.len(),
+                String::from_utf8_lossy(&bytes[..bytes.len().min(120)])
+            )));
+        }
+        bytes.push(b'\n');
+        self.out.write_all(&bytes).map_err(write_error)
     }
 
     fn record(&mut self, line: Line) -> Result<(), StoreError> {
@@ -191,20 +220,74 @@ fn write_error(error: std::io::Error) -> StoreError {
     StoreError::Io(format!("cannot write the export: {error}"))
 }
 
-fn database(error: sled::Error) -> StoreError {
+pub(crate) fn database(error: sled::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
 
-fn text(bytes: &[u8]) -> Option<String> {
+pub(crate) fn text(bytes: &[u8]) -> Option<String> {
     String::from_utf8(bytes.to_vec()).ok()
+}
+
+fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: error.to_string(),
+    })
 }
 
 /// Part of a key before its first zero byte, which is the record id in
 /// `case_items`, `run_steps` and `kv` keys.
-fn before_zero(key: &[u8]) -> Option<&[u8]> {
+pub(crate) fn before_zero(key: &[u8]) -> Option<&[u8]> {
     key.iter()
         .position(|&byte| byte == 0)
         .map(|end| &key[..end])
+}
+
+// The functions below decide which entries of the typed trees a typed line
+// carries. Export writes every other entry as a raw line, and import
+// accepts a raw line for a typed tree only for such an entry, so a raw line
+// cannot stand in for a record that the typed lines check.
+
+/// Name and value of a `counters` entry that a `counter` line carries.
+pub(crate) fn counter_entry(key: &[u8], value: &[u8]) -> Option<(String, u64)> {
+    let name = text(key)?;
+    let bytes = <[u8; 8]>::try_from(value).ok()?;
+    Some((name, u64::from_be_bytes(bytes)))
+}
+
+/// Value of the case counter, when a `counter` line carries it.
+pub(crate) fn case_counter_value(value: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(value).ok().map(u64::from_be_bytes)
+}
+
+/// Run id and index of a `run_steps` key of the form the store writes.
+pub(crate) fn step_position(key: &[u8]) -> Option<(&[u8], u32)> {
+    let run_id = before_zero(key)?;
+    let index = <[u8; 4]>::try_from(&key[run_id.len() + 1..]).ok()?;
+    Some((run_id, u32::from_be_bytes(index)))
+}
+
+/// Namespace and key of a `kv` entry that a `kv` line carries.
+pub(crate) fn kv_entry(key: &[u8]) -> Option<(String, String)> {
+    let namespace = text(before_zero(key)?)?;
+    let name = text(&key[namespace.len() + 1..])?;
+    Some((namespace, name))
+}
+
+/// Returns the audit record stored as `value` under `key` when an `audit`
+/// line can carry it, which means it is JSON, sits under its own seq and
+/// encodes back to the same bytes. Any other record is kept raw, so verifying the imported
+/// chain finds the same break as verifying this one.
+pub(crate) fn typed_audit(key: &[u8], value: &[u8]) -> Option<AuditRecord> {
+    serde_json::from_slice::<AuditRecord>(value)
+        .ok()
+        .filter(|record| key == record.seq.to_be_bytes())
+        .filter(|record| serde_json::to_vec(record).ok().as_deref() == Some(value))
 }
 
 /// Writes every record of `store` to `out`; see the module documentation
@@ -228,7 +311,7 @@ pub(crate) fn export(store: &SledStore, out: &mut dyn Write) -> Result<ExportSum
     export_counters(&tree("counters")?, &tree("cases")?, &mut writer)?;
     export_alerts(&tree("alerts")?, &tree("alert_cases")?, &mut writer)?;
     export_cases(store, &tree("cases")?, &tree("case_items")?, &mut writer)?;
-    export_runs(store, &tree("runs")?, &tree("run_steps")?, &mut writer)?;
+    export_runs(&tree("runs")?, &tree("run_steps")?, &mut writer)?;
     for entry in tree("pending")?.iter() {
         let (key, value) = entry.map_err(database)?;
         match text(&value) {
@@ -238,12 +321,7 @@ pub(crate) fn export(store: &SledStore, out: &mut dyn Write) -> Result<ExportSum
     }
     for entry in tree("kv")?.iter() {
         let (key, value) = entry.map_err(database)?;
-        let split = before_zero(&key).and_then(|namespace| {
-            let namespace = text(namespace)?;
-            let name = text(&key[namespace.len() + 1..])?;
-            Some((namespace, name))
-        });
-        match split {
+        match kv_entry(&key) {
             Some((namespace, key)) => writer.record(Line::Kv {
                 namespace,
                 key,
@@ -264,14 +342,7 @@ pub(crate) fn export(store: &SledStore, out: &mut dyn Write) -> Result<ExportSum
     }
     for entry in tree(AUDIT_TREE)?.iter() {
         let (key, value) = entry.map_err(database)?;
-        // A record that is not JSON, sits under another seq or does not
-        // encode back to the same bytes is kept raw. Verifying the imported
-        // chain then finds the same break as verifying this one.
-        let typed = serde_json::from_slice::<AuditRecord>(&value)
-            .ok()
-            .filter(|record| key.as_ref() == record.seq.to_be_bytes())
-            .filter(|record| serde_json::to_vec(record).ok().as_deref() == Some(&value[..]));
-        match typed {
+        match typed_audit(&key, &value) {
             Some(record) => writer.record(Line::Audit {
                 record: Box::new(record),
             })?,
@@ -305,24 +376,23 @@ fn export_counters(
 ) -> Result<(), StoreError> {
     for entry in counters.iter() {
         let (key, value) = entry.map_err(database)?;
-        let counter = text(&key).zip(<[u8; 8]>::try_from(value.as_ref()).ok());
-        match counter {
-            Some((name, bytes)) => writer.record(Line::Counter {
+        match counter_entry(&key, &value) {
+            Some((name, value)) => writer.record(Line::Counter {
                 tree: "counters".into(),
                 name,
-                value: u64::from_be_bytes(bytes),
+                value,
             })?,
             None => writer.record(raw("counters", &key, &value))?,
         }
     }
     if let Some(value) = cases.get(CASE_COUNTER).map_err(database)? {
-        match <[u8; 8]>::try_from(value.as_ref()) {
-            Ok(bytes) => writer.record(Line::Counter {
+        match case_counter_value(&value) {
+            Some(number) => writer.record(Line::Counter {
                 tree: "cases".into(),
                 name: String::from_utf8_lossy(CASE_COUNTER).into_owned(),
-                value: u64::from_be_bytes(bytes),
+                value: number,
             })?,
-            Err(_) => writer.record(raw("cases", CASE_COUNTER, &value))?,
+            None => writer.record(raw("cases", CASE_COUNTER, &value))?,
         }
     }
     Ok(())
@@ -335,11 +405,7 @@ fn export_alerts(
 ) -> Result<(), StoreError> {
     for entry in alerts.iter() {
         let (key, bytes) = entry.map_err(database)?;
-        let alert: Alert = serde_json::from_slice(&bytes).map_err(|error| StoreError::Corrupt {
-            tree: "alerts",
-            key: String::from_utf8_lossy(&key).into_owned(),
-            message: error.to_string(),
-        })?;
+        let alert: Alert = decode("alerts", &key, &bytes)?;
         check_id("alerts", &key, &alert.id)?;
         let case_id = alert_cases
             .get(&key)
@@ -394,39 +460,56 @@ fn export_cases(
 }
 
 fn export_runs(
-    store: &SledStore,
     runs: &sled::Tree,
     run_steps: &sled::Tree,
     writer: &mut LineWriter<'_>,
 ) -> Result<(), StoreError> {
     for entry in runs.iter() {
         let (key, bytes) = entry.map_err(database)?;
-        let run = store.assemble_run(&key, &bytes)?;
+        let run: RunRecord = decode("runs", &key, &bytes)?;
         check_id("runs", &key, &run.id)?;
+        let run_id = run.id.clone();
         writer.record(Line::Run { run: Box::new(run) })?;
+
+        let mut prefix = key.to_vec();
+        prefix.push(0);
+        for step in run_steps.scan_prefix(&prefix) {
+            let (step_key, value) = step.map_err(database)?;
+            // A key of another shape is written raw below.
+            let Some((_, index)) = step_position(&step_key) else {
+                continue;
+            };
+            let step: StepRecord = decode("run_steps", &step_key, &value)?;
+            writer.record(Line::Step {
+                run_id: run_id.clone(),
+                index,
+                step: Box::new(step),
+            })?;
+        }
     }
-    // Steps whose run is missing.
+    // Steps whose run is missing or whose key has another shape.
     for entry in run_steps.iter() {
         let (key, value) = entry.map_err(database)?;
-        let has_run = match before_zero(&key) {
-            Some(run_id) => runs.contains_key(run_id).map_err(database)?,
+        let typed = match step_position(&key) {
+            Some((run_id, _)) => runs.contains_key(run_id).map_err(database)?,
             None => false,
         };
-        if !has_run {
+        if !typed {
             writer.record(raw("run_steps", &key, &value))?;
         }
     }
     Ok(())
 }
 
-/// Writes every entry of the trees not in [`TYPED_TREES`] as `raw` lines,
-/// trees in name order.
+/// Writes every entry of the trees that are neither typed nor derived as
+/// `raw` lines, trees in name order.
 fn export_other_trees(db: &sled::Db, writer: &mut LineWriter<'_>) -> Result<(), StoreError> {
     let mut names: Vec<String> = db
         .tree_names()
         .iter()
         .filter_map(|name| text(name))
         .filter(|name| !TYPED_TREES.contains(&name.as_str()))
+        .filter(|name| !DERIVED_TREES.contains(&name.as_str()))
         .collect();
     names.sort();
     for name in names {
@@ -438,331 +521,21 @@ fn export_other_trees(db: &sled::Db, writer: &mut LineWriter<'_>) -> Result<(), 
     Ok(())
 }
 
-/// Reads an export into `store`, which must be empty. On any error the
-/// database is emptied again, so the import can be retried.
-pub(crate) fn import(
-    store: &SledStore,
-    input: &mut dyn BufRead,
-) -> Result<ImportSummary, StoreError> {
-    let db = store.db();
-    if schema::has_data(db)? {
-        return Err(StoreError::NotEmpty {
-            path: store.path().display().to_string(),
-        });
-    }
-    let result = import_lines(store, input);
-    if result.is_err() {
-        empty_database(store)?;
-    }
-    result
-}
-
-fn import_lines(store: &SledStore, input: &mut dyn BufRead) -> Result<ImportSummary, StoreError> {
-    let db = store.db();
-    let mut reader = LineReader {
-        input,
-        number: 0,
-        buffer: Vec::new(),
-    };
-    let header = read_header(&mut reader)?;
-    let meta = db.open_tree(META_TREE).map_err(database)?;
-    // Records are written in the exported layout, then migrated.
-    schema::write_version(&meta, header.schema_version)?;
-
-    let mut records = 0u64;
-    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
-    loop {
-        let Some(text) = reader.next_line()? else {
-            return Err(StoreError::InvalidImport {
-                line: reader.number + 1,
-                message: format!(
-                    "the file ends after {records} records without the end line; it was cut short, so export again"
-                ),
-            });
-        };
-        let line: Line = serde_json::from_str(&text).map_err(|error| reader.invalid(error))?;
-        if let Line::End { records: expected } = line {
-            if expected != records {
-                return Err(reader.invalid(format!(
-                    "the end line counts {expected} records, but {records} were read"
-                )));
-            }
-            break;
-        }
-        *kinds.entry(line.kind().to_string()).or_default() += 1;
-        apply_line(store, line).map_err(|error| match error {
-            LineError::Invalid(message) => reader.invalid(message),
-            LineError::Store(error) => error,
-        })?;
-        records += 1;
-    }
-    if reader.next_line()?.is_some() {
-        return Err(reader.invalid("a line follows the end line"));
-    }
-
-    schema::migrate(db, store.path(), header.schema_version)?;
-    store.audit_log().reload_head()?;
-    db.flush().map_err(database)?;
-    let audit = store.audit_log().verify()?;
-    Ok(ImportSummary {
-        exported_schema_version: header.schema_version,
-        schema_version: SCHEMA_VERSION,
-        records,
-        kinds,
-        audit,
-    })
-}
-
-/// Reads lines and numbers them from 1.
-struct LineReader<'a> {
-    input: &'a mut dyn BufRead,
-    number: u64,
-    buffer: Vec<u8>,
-}
-
-impl LineReader<'_> {
-    /// Returns the next line without its line break, or `None` at the end.
-    fn next_line(&mut self) -> Result<Option<String>, StoreError> {
-        self.buffer.clear();
-        let read = self
-            .input
-            .read_until(b'\n', &mut self.buffer)
-            .map_err(|error| StoreError::Io(format!("cannot read the import: {error}")))?;
-        if read == 0 {
-            return Ok(None);
-        }
-        self.number += 1;
-        if self.buffer.last() == Some(&b'\n') {
-            self.buffer.pop();
-        }
-        if self.buffer.last() == Some(&b'\r') {
-            self.buffer.pop();
-        }
-        let line = std::str::from_utf8(&self.buffer)
-            .map_err(|error| self.invalid(format!("not UTF-8: {error}")))?;
-        Ok(Some(line.to_string()))
-    }
-
-    fn invalid(&self, message: impl ToString) -> StoreError {
-        StoreError::InvalidImport {
-            line: self.number,
-            message: message.to_string(),
-        }
-    }
-}
-
-fn read_header(reader: &mut LineReader<'_>) -> Result<Header, StoreError> {
-    let Some(text) = reader.next_line()? else {
-        return Err(StoreError::InvalidImport {
-            line: 1,
-            message: "the file is empty; expected a palisade export".into(),
-        });
-    };
-    let header: Header = serde_json::from_str(&text).map_err(|error| {
-        reader.invalid(format!(
-            "expected the header {{\"palisade_export\": {EXPORT_FORMAT}, \"schema_version\": N, \"exported_at\": TIME}}: {error}"
-        ))
-    })?;
-    if header.palisade_export != EXPORT_FORMAT {
-        return Err(reader.invalid(format!(
-            "export format {} is not supported; this palisade reads format {EXPORT_FORMAT}",
-            header.palisade_export
-        )));
-    }
-    if header.schema_version > SCHEMA_VERSION || header.schema_version == 0 {
-        return Err(reader.invalid(format!(
-            "the export has schema version {}, but this palisade supports versions 1 to {SCHEMA_VERSION}; import it with the palisade that exported it, or upgrade palisade",
-            header.schema_version
-        )));
-    }
-    Ok(header)
-}
-
-/// Failure to apply one line.
-enum LineError {
-    /// The line is well-formed JSON but its content is not acceptable.
-    Invalid(String),
-    /// The database failed.
-    Store(StoreError),
-}
-
-impl From<StoreError> for LineError {
-    fn from(error: StoreError) -> Self {
-        LineError::Store(error)
-    }
-}
-
-impl From<sled::Error> for LineError {
-    fn from(error: sled::Error) -> Self {
-        LineError::Store(database(error))
-    }
-}
-
-fn base64_field(field: &str, value: &str) -> Result<Vec<u8>, LineError> {
-    BASE64
-        .decode(value)
-        .map_err(|error| LineError::Invalid(format!("`{field}` is not base64: {error}")))
-}
-
-/// Inserts `key` into `tree` unless it is there already, which means the
-/// export lists the same record twice.
-fn insert_new(tree: &sled::Tree, key: &[u8], value: &[u8], what: &str) -> Result<(), LineError> {
-    let swapped = tree.compare_and_swap(key, None::<&[u8]>, Some(value))?;
-    swapped.map_err(|_| {
-        LineError::Invalid(format!(
-            "{what} {:?} appears twice",
-            String::from_utf8_lossy(key)
-        ))
-    })
-}
-
-fn apply_line(store: &SledStore, line: Line) -> Result<(), LineError> {
-    let db = store.db();
-    let tree = |name: &str| db.open_tree(name).map_err(LineError::from);
-    match line {
-        Line::Counter {
-            tree: name,
-            name: key,
-            value,
-        } => {
-            let valid = name == "counters" || (name == "cases" && key.as_bytes() == CASE_COUNTER);
-            if !valid {
-                return Err(LineError::Invalid(format!(
-                    "counter {key:?} in tree {name:?} is not a known counter"
-                )));
-            }
-            insert_new(
-                &tree(&name)?,
-                key.as_bytes(),
-                &value.to_be_bytes(),
-                "counter",
-            )
-        }
-        Line::Alert { alert, case_id } => {
-            let bytes = serde_json::to_vec(&alert)
-                .map_err(|error| LineError::Invalid(format!("alert cannot be encoded: {error}")))?;
-            insert_new(&tree("alerts")?, alert.id.as_bytes(), &bytes, "alert")?;
-            if let Some(case_id) = case_id {
-                tree("alert_cases")?.insert(alert.id.as_bytes(), case_id.as_bytes())?;
-            }
-            Ok(())
-        }
-        Line::Case { case } => {
-            if case.id.as_bytes() == CASE_COUNTER
-                || tree("cases")?.contains_key(case.id.as_bytes())?
-            {
-                return Err(LineError::Invalid(format!(
-                    "case {:?} appears twice",
-                    case.id
-                )));
-            }
-            Ok(store.restore_case(*case)?)
-        }
-        Line::Run { run } => {
-            if tree("runs")?.contains_key(run.id.as_bytes())? {
-                return Err(LineError::Invalid(format!(
-                    "run {:?} appears twice",
-                    run.id
-                )));
-            }
-            Ok(store.restore_run(&run)?)
-        }
-        Line::Pending { alert_id } => {
-            // Fresh keys from this database keep the order and never clash
-            // with keys it hands out later.
-            let key = db.generate_id()?.to_be_bytes();
-            tree("pending")?.insert(key, alert_id.as_bytes())?;
-            Ok(())
-        }
-        Line::Kv {
-            namespace,
-            key,
-            value,
-        } => {
-            if namespace.as_bytes().contains(&0) {
-                return Err(LineError::Invalid(format!(
-                    "kv namespace {namespace:?} contains a zero byte"
-                )));
-            }
-            let mut full = namespace.into_bytes();
-            full.push(0);
-            full.extend_from_slice(key.as_bytes());
-            insert_new(
-                &tree("kv")?,
-                &full,
-                &base64_field("value", &value)?,
-                "kv key",
-            )
-        }
-        Line::Secret { name, record } => insert_new(
-            &tree("secrets")?,
-            name.as_bytes(),
-            &base64_field("record", &record)?,
-            "secret",
-        ),
-        Line::Audit { record } => {
-            if tree(AUDIT_TREE)?.contains_key(record.seq.to_be_bytes())? {
-                return Err(LineError::Invalid(format!(
-                    "audit record {} appears twice",
-                    record.seq
-                )));
-            }
-            Ok(store.audit_log().restore(&record)?)
-        }
-        Line::Raw {
-            tree: name,
-            key,
-            value,
-        } => {
-            if name == META_TREE {
-                return Err(LineError::Invalid(
-                    "raw entries of the `meta` tree are not accepted; the header sets the schema version".into(),
-                ));
-            }
-            let key = base64_field("key", &key)?;
-            let value = base64_field("value", &value)?;
-            insert_new(
-                &tree(&name)?,
-                &key,
-                &value,
-                &format!("entry of tree {name:?}"),
-            )
-        }
-        Line::End { .. } => Ok(()),
-    }
-}
-
-/// Removes every entry a failed import wrote and stamps the current
-/// schema version again.
-fn empty_database(store: &SledStore) -> Result<(), StoreError> {
-    let db = store.db();
-    for name in db.tree_names() {
-        db.open_tree(&name)
-            .map_err(database)?
-            .clear()
-            .map_err(database)?;
-    }
-    let meta = db.open_tree(META_TREE).map_err(database)?;
-    schema::write_version(&meta, SCHEMA_VERSION)?;
-    store.audit_log().reload_head()?;
-    db.flush().map_err(database)?;
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::{AuditEvent, Store};
+    use crate::schema;
+    use crate::{AuditEvent, AuditVerdict, ImportSummary, Store};
     use palisade_model::parse_alerts;
     use serde_json::json;
 
-    const FIM: &str = r#"{"timestamp":"2022-11-17T19:17:42.694+0200","rule":{"level":5,"id":"554","description":"File added to the system."},"agent":{"name":"Ubuntu","ip":"10.0.2.15"},"syscheck":{"sha256_after":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}"#;
+    pub(crate) const FIM: &str = r#"{"timestamp":"2022-11-17T19:17:42.694+0200","rule":{"level":5,"id":"554","description":"File added to the system."},"agent":{"name":"Ubuntu","ip":"10.0.2.15"},"syscheck":{"sha256_after":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}}"#;
 
-    fn alert(text: &str) -> Alert {
+    pub(crate) fn alert(text: &str) -> Alert {
         parse_alerts(text).pop().unwrap().unwrap()
     }
 
-    fn run_record(id: &str, alert_id: &str, case_id: &str) -> RunRecord {
+    pub(crate) fn run_record(id: &str, alert_id: &str, case_id: &str) -> RunRecord {
         serde_json::from_value(json!({
             "id": id,
             "playbook": "wazuh-triage",
@@ -807,7 +580,7 @@ mod tests {
     /// Fills a store with every kind of record: alerts joined to cases,
     /// cases with every list, runs with steps, pending alerts, key-value
     /// entries, secrets, audit records and a tree no kind covers.
-    fn populate(store: &SledStore) {
+    pub(crate) fn populate(store: &SledStore) {
         let now = Utc::now();
         let first = store.ingest_alert(&alert(FIM), now).unwrap();
         let other = FIM.replace("\"554\"", "\"550\"");
@@ -860,17 +633,17 @@ mod tests {
         store.db().insert(b"default-key", b"default-value").unwrap();
     }
 
-    fn export_text(store: &SledStore) -> (String, ExportSummary) {
+    pub(crate) fn export_text(store: &SledStore) -> (String, ExportSummary) {
         let mut out = Vec::new();
         let summary = store.export(&mut out).unwrap();
         (String::from_utf8(out).unwrap(), summary)
     }
 
-    fn body(text: &str) -> Vec<&str> {
+    pub(crate) fn body(text: &str) -> Vec<&str> {
         text.lines().skip(1).collect()
     }
 
-    fn import_text(store: &SledStore, text: &str) -> Result<ImportSummary, StoreError> {
+    pub(crate) fn import_text(store: &SledStore, text: &str) -> Result<ImportSummary, StoreError> {
         store.import(&mut text.as_bytes())
     }
 
@@ -890,6 +663,7 @@ mod tests {
             ("alert", 3),
             ("case", 2),
             ("run", 1),
+            ("step", 2),
             ("pending", 2),
             ("kv", 3),
             ("secret", 1),

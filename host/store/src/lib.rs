@@ -9,16 +9,20 @@
 mod audit;
 mod correlation;
 mod export;
+mod import;
 mod schema;
 mod sled_store;
+mod step_digest;
 
 use chrono::{DateTime, Utc};
 use palisade_model::{Alert, Case, RunRecord, StepRecord};
 
 pub use audit::{AuditEvent, AuditRecord, AuditVerdict, GENESIS_HASH, record_hash};
-pub use export::{ExportSummary, ImportSummary};
+pub use export::ExportSummary;
+pub use import::ImportSummary;
 pub use schema::SCHEMA_VERSION;
 pub use sled_store::SledStore;
+pub use step_digest::step_record_sha256;
 
 /// A storage failure. The message names the record involved.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +182,10 @@ pub trait Store: Send + Sync {
     fn audit_records(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// Walks the audit chain from the first record and names the first one
-    /// that is missing, out of place, not JSON or changed.
+    /// that is missing, out of place, not JSON or changed. When the chain
+    /// is intact, it then checks each step record that a `step_finished`
+    /// audit record pins with its `record_sha256` against the journal (see
+    /// [`step_record_sha256`]) and names the first that does not match.
     fn verify_audit(&self) -> Result<AuditVerdict, StoreError>;
 
     /// Writes every record as JSON lines to `out`: a header, one line per
@@ -188,6 +195,8 @@ pub trait Store: Send + Sync {
 
     /// Reads an export written by [`Store::export`] into this database,
     /// which must be empty, and verifies the audit chain it brought in. On
-    /// failure the database is emptied again.
+    /// failure the database is emptied again. A broken audit chain is not a
+    /// failure: the records stay, and [`ImportSummary::audit`] names the
+    /// break.
     fn import(&self, input: &mut dyn std::io::BufRead) -> Result<ImportSummary, StoreError>;
 }

@@ -12,7 +12,8 @@
 //! - `correlation`: correlation key to the case that last took an alert
 //!   with it and that alert's event time (see [`crate::correlation`]);
 //! - `pending_index`: alert id to its key in `pending`, so finishing an
-//!   alert does not scan the list;
+//!   alert does not scan the list. An export leaves it out, and an import
+//!   builds it again;
 //! - `pending`: sequence number to the id of an accepted alert whose runs
 //!   have not finished;
 //! - `runs`: run id (`R` and eight digits) to the run record without its
@@ -40,9 +41,9 @@ use chrono::{DateTime, Utc};
 use palisade_model::{
     Alert, Case, CaseStatus, ParentStep, RunRecord, RunStatus, StepError, StepRecord,
 };
-use serde_json::Value;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
@@ -282,7 +283,7 @@ impl<'a> From<&'a RunRecord> for RunHeader<'a> {
 
 /// Key of a step in the `run_steps` tree: the run id, a zero byte and the
 /// step index in big-endian, so a run's steps sort in order.
-fn step_key(run_id: &str, index: usize) -> Vec<u8> {
+pub(crate) fn step_key(run_id: &str, index: usize) -> Vec<u8> {
     let mut key = Vec::with_capacity(run_id.len() + 5);
     key.extend_from_slice(run_id.as_bytes());
     key.push(0);
@@ -873,7 +874,7 @@ impl Store for SledStore {
     }
 
     fn verify_audit(&self) -> Result<AuditVerdict, StoreError> {
-        self.audit.verify()
+        crate::step_digest::verify_audit_and_journal(&self.audit, &self.run_steps)
     }
 
     fn export(&self, out: &mut dyn std::io::Write) -> Result<ExportSummary, StoreError> {
@@ -881,7 +882,7 @@ impl Store for SledStore {
     }
 
     fn import(&self, input: &mut dyn std::io::BufRead) -> Result<ImportSummary, StoreError> {
-        crate::export::import(self, input)
+        crate::import::import(self, input)
     }
 }
 
@@ -910,16 +911,13 @@ impl SledStore {
             .map_err(transaction_error)
     }
 
-    /// Writes `run` and its steps, numbered from 0 in list order. The run
-    /// indexes are not written here, because an export carries them as
-    /// `raw` lines.
-    pub(crate) fn restore_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+    /// Writes `run` without its steps, which an import writes one by one
+    /// under their exported indexes. The run indexes are not written here
+    /// either, because an export carries them as `raw` lines.
+    pub(crate) fn restore_run_header(&self, run: &RunRecord) -> Result<(), StoreError> {
         self.runs
             .insert(run.id.as_bytes(), encode(&RunHeader::from(run)))
             .map_err(database)?;
-        for (index, step) in run.steps.iter().enumerate() {
-            self.put_step(&run.id, index, step)?;
-        }
         Ok(())
     }
 }

@@ -246,7 +246,8 @@ mod tests {
                 "ip-report",
                 "domain-report",
                 "url-report",
-                "lookup"
+                "lookup",
+                "plan-lookups"
             ]
         );
         for action in &info.actions {
