@@ -79,7 +79,11 @@ fn intact_head(text: &str, min_records: u64) -> String {
 }
 
 fn audit_records(config: &Path, data_dir: &Path) -> Vec<Value> {
-    let text = succeed(config, data_dir, &["audit", "list", "--json", "--limit", "1000"]);
+    let text = succeed(
+        config,
+        data_dir,
+        &["audit", "list", "--json", "--limit", "1000"],
+    );
     serde_json::from_str(&text).unwrap()
 }
 
@@ -100,7 +104,12 @@ async fn audit_chain_survives_export_and_import() {
     let copy = dir.path().join("copy");
     let tampered = dir.path().join("tampered");
 
-    let stored = palisade(&config, &source, &["secret", "set", "demo-key"], "value-1\n");
+    let stored = palisade(
+        &config,
+        &source,
+        &["secret", "set", "demo-key"],
+        "value-1\n",
+    );
     assert!(stored.status.success(), "{}", stderr(&stored));
     for _ in 0..2 {
         succeed(
@@ -129,7 +138,11 @@ async fn audit_chain_survives_export_and_import() {
     let mut unique = loaded.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), loaded.len(), "a plugin was recorded twice: {loaded:?}");
+    assert_eq!(
+        unique.len(),
+        loaded.len(),
+        "a plugin was recorded twice: {loaded:?}"
+    );
     let virustotal = records
         .iter()
         .find(|record| record["subject"] == "virustotal")
@@ -147,7 +160,9 @@ async fn audit_chain_survives_export_and_import() {
         &["export", "--out", export_file.to_str().unwrap()],
     );
     let exported = std::fs::read_to_string(&export_file).unwrap();
-    for kind in ["alert", "case", "run", "step", "kv", "secret", "audit", "counter", "end"] {
+    for kind in [
+        "alert", "case", "run", "step", "kv", "secret", "audit", "counter", "end",
+    ] {
         let tag = format!(r#""kind":"{kind}""#);
         assert!(exported.contains(&tag), "no {kind} line in the export");
     }
@@ -171,9 +186,18 @@ async fn audit_chain_survives_export_and_import() {
     assert!(cases.contains("C00000001"), "{cases}");
 
     // A second import into the same directory is rejected.
-    let repeated = palisade(&config, &copy, &["import", export_file.to_str().unwrap()], "");
+    let repeated = palisade(
+        &config,
+        &copy,
+        &["import", export_file.to_str().unwrap()],
+        "",
+    );
     assert_eq!(repeated.status.code(), Some(1), "{}", stdout(&repeated));
-    assert!(stderr(&repeated).contains("--data-dir"), "{}", stderr(&repeated));
+    assert!(
+        stderr(&repeated).contains("--data-dir"),
+        "{}",
+        stderr(&repeated)
+    );
 
     // Change the detail of audit record 2 and import the result.
     let changed: Vec<String> = exported
@@ -222,7 +246,12 @@ fn import_rejects_cut_short_export() {
     let config = write_config(dir.path(), None);
     let source = dir.path().join("source");
     let copy = dir.path().join("copy");
-    let stored = palisade(&config, &source, &["secret", "set", "demo-key"], "value-1\n");
+    let stored = palisade(
+        &config,
+        &source,
+        &["secret", "set", "demo-key"],
+        "value-1\n",
+    );
     assert!(stored.status.success(), "{}", stderr(&stored));
 
     let exported = succeed(&config, &source, &["export"]);
@@ -239,7 +268,10 @@ fn import_rejects_cut_short_export() {
     let full_file = dir.path().join("full.jsonl");
     std::fs::write(&full_file, &exported).unwrap();
     let imported = succeed(&config, &copy, &["import", full_file.to_str().unwrap()]);
-    assert!(imported.contains("audit chain intact: 0 records"), "{imported}");
+    assert!(
+        imported.contains("audit chain intact: 0 records"),
+        "{imported}"
+    );
 }
 
 /// Runs the triage playbook on the bundled Windows Defender alert in
