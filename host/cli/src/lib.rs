@@ -10,6 +10,7 @@ pub mod config;
 mod export_cmd;
 pub mod host;
 mod output;
+mod playbook_test;
 mod run_cmd;
 pub mod secrets;
 pub mod server;
@@ -219,6 +220,29 @@ pub enum PlaybookCommand {
         /// together.
         paths: Vec<PathBuf>,
     },
+    /// Run PLAYBOOK on the alerts of a file with the real plugins, in a
+    /// scratch database, answering every HTTP request from recorded
+    /// responses. Reports the path taken with each step's output, the error
+    /// paths and branches not exercised, and each plugin's API calls
+    /// against its quotas. Other playbooks in PLAYBOOK's directory can be
+    /// called as sub-playbooks. Exits 1 when a run fails.
+    Test {
+        playbook: PathBuf,
+        /// Alert file: a JSON document, a JSON array, JSON lines or EVE
+        /// lines.
+        #[arg(long)]
+        alert: PathBuf,
+        /// Directory of recorded responses, one `.json` file per request:
+        /// {"request": {"method", "url"}, "response": {"status", "headers",
+        /// "body"}}.
+        #[arg(long)]
+        fixtures: PathBuf,
+        /// Reject approval questions instead of approving them.
+        #[arg(long)]
+        reject: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,6 +363,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Playbook {
             command: PlaybookCommand::Check { paths },
         } => check_playbooks(&config, &paths).await,
+        Command::Playbook {
+            command:
+                PlaybookCommand::Test {
+                    playbook,
+                    alert,
+                    fixtures,
+                    reject,
+                    json,
+                },
+        } => playbook_test::run(&config, &playbook, &alert, &fixtures, !reject, json).await,
         Command::Plugin { command } => plugin_command(&config, command).await,
         Command::Quota { server, json } => output::quotas(&config, server.as_deref(), json).await,
         Command::Intel { files } => {

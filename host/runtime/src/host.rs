@@ -98,6 +98,8 @@ pub(crate) struct Services {
     pub secrets: Option<Arc<dyn SecretSource>>,
     pub outbound: Outbound,
     pub quotas: Quotas,
+    /// Recorded responses that replace the network, when set.
+    pub fixtures: std::sync::OnceLock<crate::fixtures::Fixtures>,
 }
 
 /// State of one call's `Store`.

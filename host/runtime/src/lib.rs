@@ -23,6 +23,7 @@
 
 mod cache;
 mod error;
+mod fixtures;
 mod host;
 mod outbound;
 mod policy;
@@ -59,6 +60,7 @@ use crate::bindings::{Plugin, PluginPre};
 use crate::host::{HostState, Services};
 
 pub use crate::error::{CallError, LoadError};
+pub use crate::fixtures::Fixtures;
 pub use crate::host::{HttpCall, KeyValueStore, LogLevel, LogLine, SecretSource, SecretValue};
 pub use crate::outbound::is_blocked;
 pub use crate::policy::{
@@ -209,6 +211,7 @@ impl Runtime {
                 secrets,
                 outbound,
                 quotas,
+                fixtures: std::sync::OnceLock::new(),
             }),
             ticker_stop,
         })
@@ -333,6 +336,16 @@ impl Runtime {
     pub fn plugin(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
         let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
         plugins.get(name).cloned()
+    }
+
+    /// Answers every outbound request from `fixtures` instead of sending
+    /// it, after the policy and quota checks, for the rest of this
+    /// runtime's life. Fails if fixtures are already in use.
+    pub fn use_fixtures(&self, fixtures: Fixtures) -> Result<(), String> {
+        self.services
+            .fixtures
+            .set(fixtures)
+            .map_err(|_| "this runtime already answers from fixtures".to_string())
     }
 
     pub fn plugins(&self) -> Vec<Arc<LoadedPlugin>> {

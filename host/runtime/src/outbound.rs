@@ -71,11 +71,28 @@ pub(crate) async fn send(
     request: Request,
 ) -> Result<Response, HttpError> {
     let limits = caller.policy.limits();
+    let method = request.method.clone();
     let (builder, url) = prepare(services, caller.policy, request)?;
     let _permit = services
         .quotas
         .admit(caller.plugin, &url, caller.deadline)
         .await?;
+    if let Some(fixtures) = services.fixtures.get() {
+        let response = fixtures.answer(&method, url.as_str()).ok_or_else(|| {
+            HttpError::Transport(format!(
+                "no recorded response for {method} {url}; add one to the fixtures"
+            ))
+        })?;
+        let retry_after = response
+            .headers
+            .iter()
+            .find(|(name, _)| name == "retry-after")
+            .map(|(_, value)| value.as_str());
+        services
+            .quotas
+            .note_response(caller.plugin, &url, response.status, retry_after);
+        return Ok(response);
+    }
     let response = builder.send().await.map_err(map_reqwest_error)?;
     let retry_after = response
         .headers()
