@@ -50,6 +50,9 @@ pub struct BenchArgs {
     /// acknowledgement; 0 skips that part.
     #[arg(long, default_value_t = 20_000)]
     pub ingest: usize,
+    /// Runs of a ten-step playbook for the engine-overhead part; 0 skips it.
+    #[arg(long, default_value_t = 500)]
+    pub engine_runs: usize,
     /// Concurrent ingest tasks in the throughput part.
     #[arg(long, default_value_t = 4)]
     pub tasks: usize,
@@ -223,6 +226,9 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.ingest > 0 {
         ingest_throughput(args.ingest)?;
     }
+    if args.engine_runs > 0 {
+        engine_overhead(config, args.engine_runs).await?;
+    }
     if args.alerts > 0 {
         throughput(config, args.alerts, args.tasks).await?;
     }
@@ -362,6 +368,75 @@ fn ingest_throughput(count: usize) -> anyhow::Result<()> {
             rates[0] / rates[1]
         );
     }
+    Ok(())
+}
+
+/// Ten `noop.echo` steps: a sequence of four, then a join of two parallel
+/// branches, then a `for_each` over three items, then a final step, so
+/// scheduling, joins and items all take part.
+const ENGINE_PLAYBOOK: &str = r#"
+name: bench-engine
+trigger: { source: wazuh }
+steps:
+  - { id: s1, uses: noop.echo, with: { rule: "{{ alert.rule.id }}" } }
+  - { id: s2, uses: noop.echo, with: { previous: "{{ steps.s1.rule }}" } }
+  - { id: s3, uses: noop.echo, with: { previous: "{{ steps.s2.previous }}" } }
+  - { id: s4, uses: noop.echo, with: { items: [a, b, c] } }
+  - { id: left, needs: [s4], uses: noop.echo, with: { side: left } }
+  - { id: right, needs: [s4], uses: noop.echo, with: { side: right } }
+  - id: each
+    needs: [left, right]
+    for_each: "steps.s4['items']"
+    concurrency: 3
+    uses: noop.echo
+    with: { item: "{{ item }}" }
+  - { id: last, uses: noop.echo, with: { all: "{{ steps.each }}" } }
+"#;
+
+/// Times the engine's own work per step, plugin time excluded: each run's
+/// wall time minus the time its plugin calls took (sandbox, call and
+/// output parsing, as the runtime measures them), divided by its ten
+/// journaled steps. What remains is scheduling, expressions, the journal
+/// (a `started` and a finished record per step), the audit records and
+/// the case update at the end. Runs go one at a time.
+async fn engine_overhead(config: &Config, runs: usize) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let playbook_path = scratch.path().join("bench-engine.yaml");
+    std::fs::write(&playbook_path, ENGINE_PLAYBOOK)?;
+    let mut bench_config = config.clone();
+    bench_config.data_dir = scratch.path().join("data");
+    bench_config.cache_dir = Some(config.cache_dir());
+    let host = crate::host::build(&bench_config, Some(&playbook_path)).await?;
+    let mut per_step = Vec::with_capacity(runs);
+    let mut plugin_share = 0.0;
+    for index in 0..runs {
+        let alert = synthetic_alert(1_000_000 + index);
+        let started = Instant::now();
+        let report = host.engine.ingest(&alert).await?;
+        let wall = started.elapsed();
+        let Some((run_id, RunStatus::Succeeded)) = report.runs.first().cloned() else {
+            anyhow::bail!("the engine benchmark run did not succeed: {:?}", report.runs);
+        };
+        let run = host
+            .store
+            .run(&run_id)?
+            .ok_or_else(|| anyhow::anyhow!("run {run_id} was not stored"))?;
+        let plugin_us: u64 = run.steps.iter().map(|step| step.duration_us).sum();
+        let steps = run.steps.len().max(1) as u32;
+        let engine = wall.saturating_sub(Duration::from_micros(plugin_us));
+        plugin_share += plugin_us as f64 / wall.as_micros().max(1) as f64;
+        per_step.push(engine / steps);
+    }
+    let summary = summarise(per_step);
+    println!();
+    println!("engine overhead per step, plugin time excluded: {runs} runs of 10 steps (sequence, join, for_each)");
+    println!(
+        "p50 {:.1} us, p99 {:.1} us, mean {:.1} us; plugin calls were {:.0}% of run time",
+        summary.p50.as_secs_f64() * 1e6,
+        summary.p99.as_secs_f64() * 1e6,
+        summary.mean.as_secs_f64() * 1e6,
+        plugin_share * 100.0 / runs as f64
+    );
     Ok(())
 }
 
