@@ -42,7 +42,7 @@ pub async fn run(
             })?);
     }
     if alerts.is_empty() {
-        anyhow::bail!("alert file {} holds no alert", alert_file.display());
+        anyhow::bail!("alert file {} contains no alert", alert_file.display());
     }
 
     // A scratch database, so a test leaves nothing behind; the compiled

@@ -2,7 +2,7 @@
 //!
 //! A run is driven from its journal. Each step attempt is written as
 //! `started` before the plugin is called and overwritten with its outcome
-//! after, so whatever point the process stops at, the next start knows
+//! after, so whatever point the process stops at, the next start can tell
 //! which steps finished (their outputs are replayed into the context, not
 //! run again), which one was in flight, and which have not begun.
 //!
@@ -111,7 +111,7 @@ impl ParkedDecision {
     }
 }
 
-/// Holds a run's claim and releases it when dropped.
+/// A run's claim, released when dropped.
 struct Claim<'a> {
     claims: &'a std::sync::Mutex<std::collections::HashSet<String>>,
     run_id: String,
@@ -532,7 +532,7 @@ impl<C: PluginCaller> Engine<C> {
     }
 
     /// Drives `run` from its journal until it ends, waits or parks. The
-    /// caller holds the run's claim. `forced` names a step whose `started`
+    /// caller has claimed the run. `forced` names a step whose `started`
     /// record is retried whatever its `on_interrupt` policy says.
     async fn drive(
         &self,
@@ -697,7 +697,7 @@ impl<C: PluginCaller> Engine<C> {
         Plan::Done
     }
 
-    /// Where `step` stands in `run`'s journal.
+    /// Returns the state of `step` in `run`'s journal.
     fn step_state<'p>(
         &self,
         step: &'p Step,
@@ -782,8 +782,8 @@ impl<C: PluginCaller> Engine<C> {
         })
     }
 
-    /// Where one attempt slot (the step, or one item of it) stands, given
-    /// its latest journal record.
+    /// Returns the state of one attempt slot (the step, or one item of it)
+    /// from its latest journal record.
     fn slot_state<'p>(
         &self,
         step: &'p Step,
@@ -857,7 +857,7 @@ impl<C: PluginCaller> Engine<C> {
         }
     }
 
-    /// Where the handler of failed step `step` stands.
+    /// Returns the state of the handler of failed step `step`.
     fn handler_state<'p>(
         &self,
         playbook: &'p Playbook,

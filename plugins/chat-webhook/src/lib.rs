@@ -15,7 +15,7 @@ use palisade_sdk::{
     config, json, require_str,
 };
 
-/// Setting that holds the webhook URL.
+/// Setting that contains the webhook URL.
 const URL_SETTING: &str = "webhook_url";
 /// Secret the host places in the `Authorization` header, when granted.
 const TOKEN_SECRET: &str = "chat-webhook-token";

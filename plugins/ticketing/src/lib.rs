@@ -18,7 +18,7 @@ use palisade_sdk::{
     config, invocation, json, require_str,
 };
 
-/// Setting that holds the ticketing system's base URL.
+/// Setting that contains the ticketing system's base URL.
 const BASE_URL_SETTING: &str = "base_url";
 /// Secret the host places in the `Authorization` header.
 const TOKEN_SECRET: &str = "ticketing-token";
