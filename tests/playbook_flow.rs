@@ -674,3 +674,74 @@ steps:
     assert_eq!(record(&run, "after").output, Some(json!({"ticket": "T-1"})));
     assert_eq!(tickets.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn step_whose_needs_all_skipped_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let tickets = start_ticket_server(Behaviour::default()).await;
+    let host = build(
+        dir.path(),
+        r#"
+name: flow
+trigger: { source: wazuh }
+steps:
+  - { id: start, uses: noop.echo }
+  - { id: ask, needs: [start], if: "false", uses: noop.echo }
+  - { id: act, needs: [ask], uses: noop.echo }
+  - { id: after, uses: noop.echo }
+"#,
+        &tickets.origin(),
+    )
+    .await;
+    let run = run_once(&host).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+    assert!(
+        run.steps.iter().all(|step| step.id != "act"),
+        "a step must not act on a need that never ran: {:#?}",
+        run.steps
+    );
+    // A plain list passes over the skipped step.
+    assert_eq!(record(&run, "after").status, StepStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn answer_after_the_deadline_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let tickets = start_ticket_server(Behaviour::default()).await;
+    let host = build(
+        dir.path(),
+        r#"
+name: flow
+trigger: { source: wazuh }
+steps:
+  - id: ask
+    approval: { question: "Go?", timeout: 500ms, on_timeout: reject }
+  - { id: act, if: "steps.ask.approved", uses: noop.echo }
+"#,
+        &tickets.origin(),
+    )
+    .await;
+    let run = run_once(&host).await;
+    assert_eq!(run.status, RunStatus::Waiting);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let answer = palisade_engine::Answer {
+        approve: true,
+        response: serde_json::Value::Null,
+        actor: "lead".into(),
+    };
+    let error = host
+        .engine
+        .answer_approval(&run.id, "ask", None, answer)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("closed at"), "{error}");
+    // The timeout decision applies when the run continues.
+    let run = host.engine.resume_run(&run.id).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(
+        record(&run, "ask").output.as_ref().unwrap()["timed_out"],
+        true
+    );
+    assert_eq!(record(&run, "act").status, StepStatus::Skipped);
+}

@@ -107,7 +107,11 @@ fn rate_limited_lookup_goes_to_its_handler() {
     assert!(report.contains("attempt 2"), "{report}");
     // Branches the alert did not take are listed.
     assert!(
-        report.contains("wazuh-triage.approve_block: its `if` was only false"),
+        report.contains("wazuh-triage.notify: its `if` was only false"),
+        "{report}"
+    );
+    assert!(
+        report.contains("wazuh-triage.approve_block: never reached"),
         "{report}"
     );
     assert!(

@@ -415,7 +415,10 @@ async fn engine_overhead(config: &Config, runs: usize) -> anyhow::Result<()> {
         let report = host.engine.ingest(&alert).await?;
         let wall = started.elapsed();
         let Some((run_id, RunStatus::Succeeded)) = report.runs.first().cloned() else {
-            anyhow::bail!("the engine benchmark run did not succeed: {:?}", report.runs);
+            anyhow::bail!(
+                "the engine benchmark run did not succeed: {:?}",
+                report.runs
+            );
         };
         let run = host
             .store
@@ -429,7 +432,9 @@ async fn engine_overhead(config: &Config, runs: usize) -> anyhow::Result<()> {
     }
     let summary = summarise(per_step);
     println!();
-    println!("engine overhead per step, plugin time excluded: {runs} runs of 10 steps (sequence, join, for_each)");
+    println!(
+        "engine overhead per step, plugin time excluded: {runs} runs of 10 steps (sequence, join, for_each)"
+    );
     println!(
         "p50 {:.1} us, p99 {:.1} us, mean {:.1} us; plugin calls were {:.0}% of run time",
         summary.p50.as_secs_f64() * 1e6,

@@ -189,11 +189,23 @@ fn load_playbooks(path: &Path) -> anyhow::Result<Vec<Playbook>> {
             .filter(|folder| !folder.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let mut playbooks = vec![chosen];
-        for mut other in Playbook::load_dir(folder).unwrap_or_default() {
-            let same_file = other.path.canonicalize().ok() == path.canonicalize().ok();
-            if !same_file && other.name != playbooks[0].name {
-                other.trigger = None;
-                playbooks.push(other);
+        // Each sibling on its own: a broken one is reported and left out
+        // rather than hiding the others.
+        for file in palisade_engine::playbook_files(folder).unwrap_or_default() {
+            if file.canonicalize().ok() == path.canonicalize().ok() {
+                continue;
+            }
+            match Playbook::load(&file) {
+                Ok(mut other) if playbooks.iter().all(|p| p.name != other.name) => {
+                    other.trigger = None;
+                    playbooks.push(other);
+                }
+                Ok(other) => eprintln!(
+                    "warning: {} is left out: playbook name {:?} is already loaded",
+                    file.display(),
+                    other.name
+                ),
+                Err(error) => eprintln!("warning: {} is left out: {error}", file.display()),
             }
         }
         playbooks

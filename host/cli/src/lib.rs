@@ -240,6 +240,10 @@ pub enum PlaybookCommand {
         /// Reject approval questions instead of approving them.
         #[arg(long)]
         reject: bool,
+        /// Response given with each approval, as JSON, for forms with
+        /// required fields.
+        #[arg(long)]
+        response: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -370,9 +374,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     alert,
                     fixtures,
                     reject,
+                    response,
                     json,
                 },
-        } => playbook_test::run(&config, &playbook, &alert, &fixtures, !reject, json).await,
+        } => {
+            let response = response
+                .map(|text| {
+                    serde_json::from_str(&text).with_context(|| {
+                        format!("--response {text:?} is not JSON; give an object such as '{{\"reason\": \"test\"}}'")
+                    })
+                })
+                .transpose()?;
+            playbook_test::run(
+                &config, &playbook, &alert, &fixtures, !reject, response, json,
+            )
+            .await
+        }
         Command::Plugin { command } => plugin_command(&config, command).await,
         Command::Quota { server, json } => output::quotas(&config, server.as_deref(), json).await,
         Command::Intel { files } => {

@@ -29,6 +29,7 @@ pub async fn run(
     alert_file: &Path,
     fixtures: &Path,
     approve: bool,
+    response: Option<Value>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let fixtures = Fixtures::load_dir(fixtures).map_err(anyhow::Error::msg)?;
@@ -61,7 +62,7 @@ pub async fn run(
     for alert in &alerts {
         let report = host.engine.ingest(alert).await?;
         for (run_id, _) in report.runs {
-            runs.push(finish(&host, &run_id, approve).await?);
+            runs.push(finish(&host, &run_id, approve, &response).await?);
         }
     }
     if runs.is_empty() {
@@ -95,7 +96,12 @@ pub async fn run(
 
 /// Drives run `run_id` until it ends: answers its approvals, and waits for
 /// its stored retry delays up to [`MAX_RETRY_WAIT`].
-async fn finish(host: &host::Host, run_id: &str, approve: bool) -> anyhow::Result<RunRecord> {
+async fn finish(
+    host: &host::Host,
+    run_id: &str,
+    approve: bool,
+    response: &Option<Value>,
+) -> anyhow::Result<RunRecord> {
     loop {
         let run = host
             .store
@@ -113,11 +119,16 @@ async fn finish(host: &host::Host, run_id: &str, approve: bool) -> anyhow::Resul
         if let Some(question) = questions.first() {
             let verdict = if approve { "approving" } else { "rejecting" };
             eprintln!("{verdict} {:?}: {}", question.step_id, question.question);
-            // An empty response fits a form whose fields are optional.
+            // The first listed approver answers, with the given response or
+            // an empty one, which fits a form whose fields are optional.
             let answer = Answer {
                 approve,
-                response: json!({}),
-                actor: "playbook-test".into(),
+                response: response.clone().unwrap_or_else(|| json!({})),
+                actor: question
+                    .approvers
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "playbook-test".into()),
             };
             host.engine
                 .answer_approval(&question.run_id, &question.step_id, question.item, answer)
@@ -300,7 +311,7 @@ impl Report<'_> {
                         "{name}: `on_error: continue` unused, the step did not fail"
                     ));
                 }
-                if step.retry.is_some() && !mine.iter().any(|r| r.attempt > 1) {
+                if step.retry.is_some() && !mine.iter().any(|r| r.status == StepStatus::Failed) {
                     lines.push(format!("{name}: `retry` unused, no attempt failed"));
                 }
             }

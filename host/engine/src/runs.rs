@@ -627,6 +627,13 @@ impl<C: PluginCaller> Engine<C> {
                     }
                 }
             }
+            // A step that names its needs and none of them ran is skipped
+            // too: it must not act on, say, an approval that was never
+            // asked. A plain list (no `needs`) passes over skipped steps.
+            if step.needs.is_some() && !dependencies.is_empty() && counted == 0 {
+                ended.insert(&step.id, Ended::skipped());
+                continue;
+            }
             let required = step.join.required(counted);
             if succeeded < required {
                 if succeeded + pending < required {
@@ -1295,6 +1302,13 @@ impl<C: PluginCaller> Engine<C> {
             )));
         };
         let mut record = given.steps[index].clone();
+        if let Some(deadline) = approval_deadline(&record)
+            && deadline <= Utc::now()
+        {
+            return Err(EngineError::Conflict(format!(
+                "approval {step_id:?} of run {run_id} closed at {deadline}; its timeout decision applies"
+            )));
+        }
         let approvers: Vec<String> =
             serde_json::from_value(record.input["approvers"].clone()).unwrap_or_default();
         if !approvers.is_empty() && !approvers.contains(&answer.actor) {
