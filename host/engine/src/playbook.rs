@@ -671,6 +671,16 @@ impl Playbook {
                 "step id {id:?} is used twice; step ids must be unique"
             ));
         }
+        if step.timeout.is_some_and(|timeout| timeout.is_zero()) {
+            return Err(format!(
+                "step {id:?}: `timeout` is zero; give how long an attempt may take, such as 30s"
+            ));
+        }
+        if step.retry.is_some() && (step.approval.is_some() || step.fail.is_some()) {
+            return Err(format!(
+                "step {id:?} has `retry`, but approval and fail steps make no attempts to retry; remove `retry`"
+            ));
+        }
         if let Some(retry) = &step.retry {
             if !(2..=20).contains(&retry.attempts) {
                 return Err(format!(
@@ -938,6 +948,13 @@ case:
                 "unknown field `colour`",
             ),
             ("name: t\nsteps: []\n".to_string(), "at least one step"),
+            (
+                VALID.replace(
+                    "uses: ti-matcher.match",
+                    "uses: ti-matcher.match\n    timeout: 0s",
+                ),
+                "`timeout` is zero",
+            ),
         ];
         for (text, expected) in cases {
             let error = parse(&text).unwrap_err();
