@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::host;
 use crate::output::printable_lines;
 
-/// Longest a test waits for a step's stored retry delay.
+/// Maximum wait for a step's stored retry delay in a test.
 const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Runs `playbook` on every alert of `alert_file` and prints the report.
@@ -231,8 +231,8 @@ impl Report<'_> {
         calls
     }
 
-    /// One line on `count` calls of plugin `plugin` against its rate and
-    /// count quotas.
+    /// Describes `count` calls of plugin `plugin` against its rate and
+    /// count quotas, in one line.
     fn quota_line(&self, plugin: &str, count: usize) -> String {
         let rules: Vec<QuotaRule> = self.quotas.grant(plugin).quotas;
         let mut line = format!("{plugin}: {count} requests");

@@ -47,8 +47,8 @@ pub enum OnError {
     Continue,
 }
 
-/// What a restarted host does with a step that was started but not
-/// confirmed finished before the host stopped.
+/// Policy for a step that was started but not confirmed finished before
+/// the host stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnInterrupt {
@@ -197,7 +197,7 @@ pub struct Step {
     /// Items of `for_each` running at once, 1 to 64.
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
-    /// Longest an attempt may take; it then fails with kind `timeout`. The
+    /// Maximum duration of an attempt; it then fails with kind `timeout`. The
     /// plugin's own wall-clock limit applies as well.
     #[serde(default, deserialize_with = "optional_duration")]
     pub timeout: Option<std::time::Duration>,
@@ -486,7 +486,7 @@ impl Playbook {
         }
     }
 
-    /// Every problem the playbook has on its own, each a message that names
+    /// Lists every problem the playbook has on its own, each a message that names
     /// the step or field; empty when it is valid. [`Playbook::parse`]
     /// reports the first.
     pub fn problems(&self) -> Vec<String> {

@@ -23,7 +23,7 @@ pub struct StepOutcome {
     pub http_calls: Value,
 }
 
-/// Who is calling: the run and step, and the step's idempotency key.
+/// Identity of a call: the run and step, and the step's idempotency key.
 #[derive(Clone, Copy, Debug)]
 pub struct CallInfo<'a> {
     pub run_id: &'a str,
@@ -48,7 +48,7 @@ pub trait PluginCaller: Send + Sync + 'static {
     /// plugin is loaded.
     fn actions(&self, plugin: &str) -> Option<Vec<String>>;
 
-    /// Whether `plugin.action` changes something outside Palisade, as the
+    /// Returns whether `plugin.action` changes something outside Palisade, as the
     /// plugin declares. An unknown action counts as having side effects.
     fn has_side_effects(&self, plugin: &str, action: &str) -> bool;
 
@@ -56,7 +56,7 @@ pub trait PluginCaller: Send + Sync + 'static {
     /// valid one.
     fn input_schema(&self, plugin: &str, action: &str) -> Option<Value>;
 
-    /// Whether plugin `plugin` requests HTTP origins, so its calls can meet
+    /// Returns whether plugin `plugin` requests HTTP origins, so its calls can meet
     /// timeouts, rate limits and upstream errors.
     fn requests_network(&self, plugin: &str) -> bool;
 }

@@ -66,7 +66,8 @@ pub struct Answer {
     pub approve: bool,
     /// Checked against the approval's form when approving.
     pub response: Value,
-    /// Who answers; must be one of the approvers when they are listed.
+    /// Name of the person answering; one of the approvers when they are
+    /// listed.
     pub actor: String,
 }
 
@@ -489,7 +490,7 @@ impl<C: PluginCaller> Engine<C> {
         })
     }
 
-    /// The playbook and alert of `run`, or why they cannot be had.
+    /// Returns the playbook and alert of `run`, or why they cannot be had.
     fn run_inputs(
         &self,
         run: &RunRecord,
@@ -533,7 +534,7 @@ impl<C: PluginCaller> Engine<C> {
 
     /// Drives `run` from its journal until it ends, waits or parks. The
     /// caller has claimed the run. `forced` names a step whose `started`
-    /// record is retried whatever its `on_interrupt` policy says.
+    /// record is retried whatever its `on_interrupt` policy is.
     async fn drive(
         &self,
         playbook: &Playbook,

@@ -22,7 +22,7 @@ use palisade_sdk::{
 const BASE_URL_SETTING: &str = "base_url";
 /// Secret the host places in the `Authorization` header.
 const TOKEN_SECRET: &str = "ticketing-token";
-/// Longest title sent; longer titles are cut at a character boundary.
+/// Maximum title length in characters; longer titles are cut.
 const MAX_TITLE_CHARS: usize = 200;
 
 struct Ticketing;
@@ -147,7 +147,7 @@ fn read_ticket(url: &str, response: &Response) -> Result<Value, PluginError> {
         }
         400 | 422 => {
             return Err(PluginError::BadInput(format!(
-                "{url} refused the ticket with {status}: {}",
+                "{url} rejected the ticket with {status}: {}",
                 snippet(&response.body)
             )));
         }
@@ -174,7 +174,7 @@ fn read_ticket(url: &str, response: &Response) -> Result<Value, PluginError> {
     Ok(output)
 }
 
-/// The start of a response body, for error messages.
+/// Returns the start of a response body, for error messages.
 fn snippet(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(200).collect()
 }
