@@ -9,7 +9,7 @@
 //! appears in the step's record of HTTP calls, so prefer a token where the
 //! chat system offers one.
 
-use palisade_sdk::http::{HttpError, Request};
+use palisade_sdk::http::{Request, map_error};
 use palisade_sdk::{
     Capabilities, Plugin, PluginError, PluginInfo, RateLimit, UpstreamFailure, Value, action,
     config, json, require_str,
@@ -80,7 +80,10 @@ fn post_message(input: &Value) -> Result<Value, PluginError> {
     if input.get("use_token").and_then(Value::as_bool) == Some(true) {
         request = request.secret_header(TOKEN_SECRET, "authorization", "Bearer ");
     }
-    let response = request.send().map_err(map_http_error)?;
+    // The URL stays out of error messages, since it may carry a credential.
+    let response = request
+        .send()
+        .map_err(|error| map_error("the chat webhook", error))?;
     match response.status {
         200..=299 => Ok(json!({ "status": response.status })),
         429 => Err(PluginError::RateLimited(RateLimit {
@@ -112,44 +115,11 @@ fn message_body(text: &str, channel: Option<&str>) -> Value {
 }
 
 fn webhook_url(configured: Option<&str>) -> Result<String, PluginError> {
-    let url = configured.map(str::trim).unwrap_or_default();
-    let has_host = ["https://", "http://"]
-        .iter()
-        .any(|scheme| url.len() > scheme.len() && url.starts_with(scheme));
-    if !has_host {
-        return Err(PluginError::Internal(format!(
-            "configuration setting `{URL_SETTING}` is {url:?}; set it to the channel's incoming webhook URL"
-        )));
-    }
-    Ok(url.to_string())
-}
-
-/// Maps a failure of the host's `http.send`. The URL is left out of the
-/// messages, since a webhook URL may carry a credential.
-fn map_http_error(error: HttpError) -> PluginError {
-    let upstream = |message: String| {
-        PluginError::Upstream(UpstreamFailure {
-            status: None,
-            message,
-        })
-    };
-    match error {
-        HttpError::Denied(reason) => {
-            PluginError::Denied(format!("the host denied the webhook request: {reason}"))
-        }
-        HttpError::InvalidRequest(reason) => PluginError::Internal(format!(
-            "the host rejected the webhook request as invalid: {reason}"
-        )),
-        HttpError::Timeout => upstream("the chat webhook did not respond in time".to_string()),
-        HttpError::Transport(reason) => upstream(format!("the webhook request failed: {reason}")),
-        HttpError::ResponseTooLarge => {
-            upstream("the webhook's response is larger than the host's size limit".to_string())
-        }
-        HttpError::RateLimited(retry_after_ms) => PluginError::RateLimited(RateLimit {
-            retry_after_ms,
-            message: "the host held back the webhook request under its quota".to_string(),
-        }),
-    }
+    config::check_http_url(
+        URL_SETTING,
+        configured,
+        "the channel's incoming webhook URL",
+    )
 }
 
 palisade_sdk::export_plugin!(ChatWebhook);

@@ -194,6 +194,37 @@ pub mod http {
         }
     }
 
+    /// Maps a failure of the host's `send` to a plugin error whose message
+    /// names `target`, such as the request URL or "the chat webhook".
+    pub fn map_error(target: &str, error: HttpError) -> crate::PluginError {
+        use crate::{PluginError, RateLimit, UpstreamFailure};
+        let upstream = |message: String| {
+            PluginError::Upstream(UpstreamFailure {
+                status: None,
+                message,
+            })
+        };
+        match error {
+            HttpError::Denied(reason) => {
+                PluginError::Denied(format!("the host denied the request to {target}: {reason}"))
+            }
+            HttpError::InvalidRequest(reason) => PluginError::Internal(format!(
+                "the host rejected the request to {target} as invalid: {reason}"
+            )),
+            HttpError::Timeout => upstream(format!("{target} did not respond in time")),
+            HttpError::Transport(reason) => {
+                upstream(format!("the request to {target} failed: {reason}"))
+            }
+            HttpError::ResponseTooLarge => upstream(format!(
+                "the response from {target} is larger than the host's size limit"
+            )),
+            HttpError::RateLimited(retry_after_ms) => PluginError::RateLimited(RateLimit {
+                retry_after_ms,
+                message: format!("the host held back the request to {target} under its quota"),
+            }),
+        }
+    }
+
     /// Returns the first value of header `name` (lowercase) in `response`.
     pub fn header_value<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
         response
@@ -228,8 +259,41 @@ pub mod kv {
 
 /// Operator-provided settings the plugin requested.
 pub mod config {
+    use crate::PluginError;
+
     pub fn get(key: &str) -> Option<String> {
         crate::bindings::palisade::plugin::config::get(key)
+    }
+
+    /// Returns setting `key`, trimmed, when it is an `http` or `https` URL
+    /// with a host. `expected` says what the operator should set it to.
+    ///
+    /// # Errors
+    ///
+    /// Returns `internal` naming the setting and its value, because the
+    /// operator must fix the configuration.
+    pub fn http_url(key: &str, expected: &str) -> Result<String, PluginError> {
+        check_http_url(key, get(key).as_deref(), expected)
+    }
+
+    /// The check of [`http_url`] on a value, for tests outside the host.
+    pub fn check_http_url(
+        key: &str,
+        configured: Option<&str>,
+        expected: &str,
+    ) -> Result<String, PluginError> {
+        let value = configured.map(str::trim).unwrap_or_default();
+        let has_host = ["https://", "http://"].iter().any(|scheme| {
+            value
+                .strip_prefix(scheme)
+                .is_some_and(|rest| !rest.trim_start_matches('/').is_empty())
+        });
+        if !has_host {
+            return Err(PluginError::Internal(format!(
+                "configuration setting `{key}` is {value:?}; set it to {expected}"
+            )));
+        }
+        Ok(value.to_string())
     }
 }
 

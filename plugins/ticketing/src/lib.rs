@@ -12,7 +12,7 @@
 //! its origin; the bearer token is the secret `ticketing-token`, placed by
 //! the host in the `Authorization` header.
 
-use palisade_sdk::http::{HttpError, Request, Response, header_value};
+use palisade_sdk::http::{Request, Response, header_value, map_error};
 use palisade_sdk::{
     Capabilities, Plugin, PluginError, PluginInfo, RateLimit, UpstreamFailure, Value, action,
     config, invocation, json, require_str,
@@ -91,7 +91,7 @@ fn open_ticket(input: &Value) -> Result<Value, PluginError> {
         .secret_header(TOKEN_SECRET, "authorization", "Bearer ")
         .body(body.to_string().into_bytes())
         .send()
-        .map_err(|error| map_http_error(&url, error))?;
+        .map_err(|error| map_error(&url, error))?;
     read_ticket(&url, &response)
 }
 
@@ -112,17 +112,12 @@ fn ticket_body(input: &Value, title: &str, idempotency_key: Option<String>) -> V
 
 /// Returns the base URL without trailing slashes.
 fn base_url(configured: Option<&str>) -> Result<String, PluginError> {
-    let configured = configured.map(str::trim).unwrap_or_default();
-    let trimmed = configured.trim_end_matches('/');
-    let has_host = ["https://", "http://"]
-        .iter()
-        .any(|scheme| trimmed.len() > scheme.len() && trimmed.starts_with(scheme));
-    if !has_host {
-        return Err(PluginError::Internal(format!(
-            "configuration setting `{BASE_URL_SETTING}` is {configured:?}; set it to the ticketing system's http or https URL"
-        )));
-    }
-    Ok(trimmed.to_string())
+    let url = config::check_http_url(
+        BASE_URL_SETTING,
+        configured,
+        "the ticketing system's http or https URL",
+    )?;
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 /// Maps the ticketing system's answer to the action output.
@@ -177,32 +172,6 @@ fn read_ticket(url: &str, response: &Response) -> Result<Value, PluginError> {
 /// Returns the start of a response body, for error messages.
 fn snippet(body: &[u8]) -> String {
     String::from_utf8_lossy(body).chars().take(200).collect()
-}
-
-fn map_http_error(url: &str, error: HttpError) -> PluginError {
-    let upstream = |message: String| {
-        PluginError::Upstream(UpstreamFailure {
-            status: None,
-            message,
-        })
-    };
-    match error {
-        HttpError::Denied(reason) => {
-            PluginError::Denied(format!("the host denied the request to {url}: {reason}"))
-        }
-        HttpError::InvalidRequest(reason) => PluginError::Internal(format!(
-            "the host rejected the request to {url} as invalid: {reason}"
-        )),
-        HttpError::Timeout => upstream(format!("{url} did not respond in time")),
-        HttpError::Transport(reason) => upstream(format!("request to {url} failed: {reason}")),
-        HttpError::ResponseTooLarge => upstream(format!(
-            "the response from {url} is larger than the host's size limit"
-        )),
-        HttpError::RateLimited(retry_after_ms) => PluginError::RateLimited(RateLimit {
-            retry_after_ms,
-            message: format!("the host held back the request to {url} under its quota"),
-        }),
-    }
 }
 
 palisade_sdk::export_plugin!(Ticketing);
