@@ -48,7 +48,7 @@ steps:
       observables: "{{ steps.extract.observables }}"
 "#;
 
-/// A Wazuh SSH alert made unique by `n`.
+/// Builds a Wazuh SSH alert made unique by `n`.
 fn wazuh_alert(n: u64) -> String {
     let (a, b) = (n / 250 % 250 + 1, n % 250 + 1);
     serde_json::json!({

@@ -1,7 +1,7 @@
 //! StackStorm's Orquesta example workflows (`contrib/examples/actions/
 //! workflows` in the st2 repository, Apache-2.0), re-expressed as Palisade
 //! playbooks and run on real plugins, as tests of what the playbook
-//! language can say. `core.echo` and `core.noop` become `noop.echo`, whose
+//! language can express. `core.echo` and `core.noop` become `noop.echo`, whose
 //! output is its input; a shell command that fails until another task has
 //! run becomes a ticket request to a stand-in on 127.0.0.1 that fails at
 //! first.
@@ -36,7 +36,7 @@ async fn build(
     (host::build(&config, None).await.unwrap(), tickets)
 }
 
-/// Ingests the alert and returns its one run as it stands afterwards.
+/// Ingests the alert and returns its one run as it is afterwards.
 async fn start_run(host: &Host) -> RunRecord {
     let alert = parse_alerts(ALERT).pop().unwrap().unwrap();
     let report = host.engine.ingest(&alert).await.unwrap();

@@ -128,7 +128,7 @@ pub enum Command {
     },
     /// Answer an approval step, then let its run continue.
     Approve {
-        /// Id of the run that asks, such as R00000012.
+        /// Id of the run with the open approval, such as R00000012.
         run_id: String,
         /// Id of the approval step.
         step_id: String,
@@ -324,7 +324,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server,
             json,
         } => {
-            // clap accepts only the three names `parse` knows.
+            // clap accepts only the three names `parse` accepts.
             let decision = palisade_engine::ParkedDecision::parse(&decision)
                 .with_context(|| format!("unknown decision {decision:?}"))?;
             run_cmd::resume(&config, &run_id, decision, &actor, server.as_deref(), json).await

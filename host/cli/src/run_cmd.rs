@@ -14,7 +14,7 @@ use crate::host;
 use crate::output::{printable_lines, run_detail};
 
 /// Applies `decision` to parked run `run_id`, on the database or through
-/// the daemon at `server`, and prints the run as it stands afterwards.
+/// the daemon at `server`, and prints the run as it is afterwards.
 pub async fn resume(
     config: &Config,
     run_id: &str,

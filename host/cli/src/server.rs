@@ -162,7 +162,7 @@ async fn worker(
     }
 }
 
-/// Longest sleep of the timer task, so a deadline written by another path
+/// Maximum sleep of the timer task, so a deadline written by another path
 /// (a run that starts waiting) is seen soon without a wake-up signal.
 const TIMER_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -369,12 +369,13 @@ async fn show_run(
 struct ResumeRequest {
     /// `retry`, `skip` or `fail`.
     decision: String,
-    /// Who decided, for the case timeline; `api` when absent.
+    /// Name of the person deciding, for the case timeline; `api` when
+    /// absent.
     actor: Option<String>,
 }
 
 /// Applies a person's decision to a parked run and continues it. Returns the
-/// run as it stands afterwards: finished, waiting, or parked again.
+/// run as it is afterwards: finished, waiting, or parked again.
 async fn resume_parked_run(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -446,7 +447,7 @@ struct AnswerRequest {
     /// Response to the approval's form, when it has one.
     #[serde(default)]
     response: Value,
-    /// Who answers; `api` when absent.
+    /// Name of the person answering; `api` when absent.
     actor: Option<String>,
     /// Item position, for an approval inside a `for_each` step.
     item: Option<u32>,

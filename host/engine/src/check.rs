@@ -32,7 +32,7 @@ pub struct Diagnostic {
     pub column: usize,
     pub level: Level,
     pub message: String,
-    /// What to do about it.
+    /// Suggested fix.
     pub hint: Option<String>,
 }
 

@@ -50,7 +50,7 @@ pub enum EngineError {
     /// other people.
     #[error("{0}")]
     Forbidden(String),
-    /// A value the caller gave is invalid; the message says why.
+    /// A value the caller gave is invalid. The message gives the reason.
     #[error("{0}")]
     Invalid(String),
 }

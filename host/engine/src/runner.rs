@@ -126,7 +126,7 @@ impl RunContext {
     }
 }
 
-/// What [`prepare`] decided for an attempt.
+/// Decision of [`prepare`] for an attempt.
 pub(crate) enum Prepared {
     /// The step's condition is false, or evaluating it or the input failed:
     /// the record is final and no plugin is called.
@@ -269,7 +269,7 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
-/// A failed record of `step` for a failure found before any call.
+/// Builds a failed record of `step` for a failure found before any call.
 pub(crate) fn failed_record(step: &Step, kind: &str, message: String) -> StepRecord {
     let record = StepRecord {
         id: step.id.clone(),

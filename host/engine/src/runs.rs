@@ -1502,7 +1502,7 @@ fn failed_call(
 /// Largest `for_each` list a step takes.
 const MAX_ITEMS: usize = 1_000;
 
-/// What comes next for a run.
+/// Next state of a run, as the journal decides it.
 enum Plan<'p> {
     /// Attempts that can run now, together.
     Work(Vec<Unit<'p>>),

@@ -24,7 +24,7 @@ pub struct Schema {
 }
 
 impl Schema {
-    /// Compiles `schema`. The error says what is wrong with it.
+    /// Compiles `schema`. The error describes what is wrong with it.
     pub fn compile(schema: &Value) -> Result<Self, String> {
         let mut schemas = boon::Schemas::new();
         let mut compiler = boon::Compiler::new();

@@ -233,7 +233,7 @@ fn wazuh_key_observable(raw: &Value) -> Option<Observable> {
         .iter()
         .find_map(|pointer| text_at(raw, pointer).and_then(Observable::hash))
         // The source address of a network event (an SSH or web attack)
-        // says more about the alert than the agent's own address.
+        // tells more about the alert than the agent's own address.
         .or_else(|| text_at(raw, "/data/srcip").and_then(Observable::ip))
         .or_else(|| text_at(raw, "/agent/ip").and_then(Observable::ip))
 }

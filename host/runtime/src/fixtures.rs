@@ -112,7 +112,7 @@ impl Fixtures {
         Ok(fixtures)
     }
 
-    /// The recorded response to `method` `url`.
+    /// Returns the recorded response to `method` `url`.
     pub(crate) fn answer(&self, method: &str, url: &str) -> Option<Response> {
         self.responses
             .get(&(method.to_ascii_uppercase(), url.to_string()))

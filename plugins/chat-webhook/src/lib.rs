@@ -19,7 +19,7 @@ use palisade_sdk::{
 const URL_SETTING: &str = "webhook_url";
 /// Secret the host places in the `Authorization` header, when granted.
 const TOKEN_SECRET: &str = "chat-webhook-token";
-/// Longest message sent; longer text is cut at a character boundary.
+/// Maximum message length in characters; longer text is cut.
 const MAX_TEXT_CHARS: usize = 4_000;
 
 struct ChatWebhook;
