@@ -745,3 +745,32 @@ steps:
     );
     assert_eq!(record(&run, "act").status, StepStatus::Skipped);
 }
+
+#[tokio::test]
+async fn for_each_keeps_to_its_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let tickets = start_ticket_server(Behaviour {
+        delay: Duration::from_millis(100),
+        ..Behaviour::default()
+    })
+    .await;
+    let host = build(
+        dir.path(),
+        r#"
+name: flow
+trigger: { source: wazuh }
+steps:
+  - id: each
+    for_each: "[1, 2, 3, 4, 5]"
+    concurrency: 2
+    uses: ticketing.open-ticket
+    with: { title: "item {{ item }}", alert_id: "{{ alert.id }}" }
+"#,
+        &tickets.origin(),
+    )
+    .await;
+    let run = run_once(&host).await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{run:#?}");
+    assert_eq!(tickets.requests().len(), 5);
+    assert_eq!(tickets.max_in_flight(), 2, "two items at a time");
+}

@@ -30,6 +30,8 @@ pub struct Behaviour {
     pub hang_first: usize,
     /// Wait up to this long, at random, before each answer.
     pub max_delay: Duration,
+    /// Wait this long before each answer, on top of `max_delay`.
+    pub delay: Duration,
     /// Answer every request whose number (from 1) is a multiple of this
     /// with 503; 0 never does.
     pub fail_every: usize,
@@ -49,6 +51,8 @@ pub struct Log {
     /// Tickets created, by idempotency key: the side effects that happened.
     pub tickets: BTreeMap<String, String>,
     behaviour: Behaviour,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 impl Log {
@@ -81,6 +85,11 @@ impl TicketServer {
 
     pub fn requests(&self) -> Vec<TicketRequest> {
         self.log.lock().unwrap().requests.clone()
+    }
+
+    /// Largest number of requests the server was handling at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.log.lock().unwrap().max_in_flight
     }
 
     pub fn set_behaviour(&self, behaviour: Behaviour) {
@@ -137,16 +146,21 @@ async fn open_ticket(
             Duration::from_nanos((nanos % behaviour.max_delay.as_nanos().max(1)) as u64)
         };
         let periodic = behaviour.fail_every > 0 && seen % behaviour.fail_every == 0;
-        (
+        let delay = delay + behaviour.delay;
+        let result = (
             seen <= behaviour.hang_first,
             seen <= behaviour.hang_first + behaviour.fail_first || periodic,
             delay,
-        )
+        );
+        log.in_flight += 1;
+        log.max_in_flight = log.max_in_flight.max(log.in_flight);
+        result
     };
     if hang {
         std::future::pending::<()>().await;
     }
     tokio::time::sleep(delay).await;
+    log.lock().unwrap().in_flight -= 1;
     if fail {
         return (StatusCode::SERVICE_UNAVAILABLE, "try later").into_response();
     }
