@@ -100,19 +100,11 @@ async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T
     }
 }
 
-async fn answer(daemon: &Daemon, run: &str, step: &str, body: Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/approvals/{run}/{step}", daemon.base))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
-    )
+/// Answers approval `step` of `run` with the token `token`, whose name is
+/// who answers.
+async fn answer(daemon: &Daemon, token: &str, run: &str, step: &str, body: Value) -> (u16, Value) {
+    let path = format!("/v1/approvals/{run}/{step}");
+    daemon.call_as(Some(token), "POST", &path, Some(body)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,29 +135,46 @@ async fn approval_waits_for_an_allowed_answer() {
         "{message}"
     );
 
-    // Someone who is not an approver, a wrong decision and a response that
-    // does not fit the form are all refused and change nothing.
+    // Someone who is not an approver, a token that claims to be an
+    // approver, a wrong decision and a response that does not fit the form
+    // are all refused and change nothing. Who answers is the token's name.
+    let intern = daemon.create_token("intern", "analyst").await;
+    let lead = daemon.create_token("lead", "analyst").await;
     let (status, body) = answer(
         &daemon,
+        &intern,
         &run_id,
         "approve",
-        json!({"decision": "approve", "actor": "intern", "response": {"reason": "yes"}}),
+        json!({"decision": "approve", "response": {"reason": "yes"}}),
     )
     .await;
     assert_eq!(status, 403, "{body}");
-    let (status, _) = answer(
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    let (status, body) = answer(
         &daemon,
+        &intern,
         &run_id,
         "approve",
-        json!({"decision": "maybe", "actor": "lead"}),
+        json!({"decision": "approve", "actor": "lead", "response": {"reason": "yes"}}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "actor_mismatch", "{body}");
+    let (status, _) = answer(
+        &daemon,
+        &lead,
+        &run_id,
+        "approve",
+        json!({"decision": "maybe"}),
     )
     .await;
     assert_eq!(status, 400);
     let (status, body) = answer(
         &daemon,
+        &lead,
         &run_id,
         "approve",
-        json!({"decision": "approve", "actor": "lead", "response": {"reason": 1}}),
+        json!({"decision": "approve", "response": {"reason": 1}}),
     )
     .await;
     assert_eq!(status, 400, "{body}");
@@ -175,15 +184,16 @@ async fn approval_waits_for_an_allowed_answer() {
     );
     let (status, _) = answer(
         &daemon,
+        &lead,
         &run_id,
         "nothing",
-        json!({"decision": "approve", "actor": "lead"}),
+        json!({"decision": "approve"}),
     )
     .await;
     assert_eq!(status, 409);
     assert!(tickets.requests().is_empty());
 
-    let (status, run) = answer(&daemon, &run_id, "approve", json!({"decision": "approve", "actor": "lead", "response": {"reason": "confirmed brute force"}})).await;
+    let (status, run) = answer(&daemon, &lead, &run_id, "approve", json!({"decision": "approve", "actor": "lead", "response": {"reason": "confirmed brute force"}})).await;
     assert_eq!(status, 200, "{run}");
     assert_eq!(run["status"], "succeeded", "{run:#}");
     assert_eq!(run["steps"][1]["output"]["approved"], true);
@@ -220,33 +230,41 @@ async fn rejection_over_the_cli_skips_the_action() {
     })
     .await;
 
-    let cli = |args: &[&str]| {
+    // The CLI sends the token of `PALISADE_TOKEN`; its name must be the
+    // approver's.
+    let lead = daemon.create_token("lead", "analyst").await;
+    let cli = |token: &str, args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_palisade"))
             .arg("--config")
             .arg(&config)
             .args(args)
+            .env("PALISADE_TOKEN", token)
             .output()
             .unwrap()
     };
-    let listed = cli(&["approvals", "--server", &daemon.base]);
+    let listed = cli(
+        support::TEST_ADMIN_TOKEN,
+        &["approvals", "--server", &daemon.base],
+    );
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(
         listed.contains(&run_id) && listed.contains("may answer: lead"),
         "{listed}"
     );
 
-    let output = cli(&[
-        "approve",
-        &run_id,
-        "approve",
-        "--decision",
-        "reject",
-        "--as",
-        "lead",
-        "--server",
-        &daemon.base,
-        "--json",
-    ]);
+    let output = cli(
+        &lead,
+        &[
+            "approve",
+            &run_id,
+            "approve",
+            "--decision",
+            "reject",
+            "--server",
+            &daemon.base,
+            "--json",
+        ],
+    );
     assert!(
         output.status.success(),
         "{}",

@@ -12,27 +12,18 @@ use std::process::{Command, Output};
 use palisade_store::{SledStore, Store};
 use serde_json::{Value, json};
 use support::daemon::Daemon;
-use support::{repo_root, write_config};
+use support::{TEST_ADMIN_NAME, TEST_ADMIN_TOKEN, repo_root, write_config};
 
 fn wazuh_samples() -> String {
     std::fs::read_to_string(repo_root().join("samples/wazuh/fim_virustotal_alerts.jsonl")).unwrap()
 }
 
-/// Sends `method path` with an optional JSON body to the daemon and
-/// returns the status and the JSON response.
+/// Sends `method path` with an optional JSON body to the daemon as the
+/// test admin and returns the status and the JSON response.
 async fn call(daemon: &Daemon, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = reqwest::Client::new().request(method, format!("{}{path}", daemon.base));
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: {text}"));
-    (status, value)
+    daemon
+        .call_as(Some(TEST_ADMIN_TOKEN), method, path, body)
+        .await
 }
 
 /// Asserts a 400 whose message contains each of `parts`.
@@ -56,17 +47,27 @@ fn kinds_by(case: &Value, actor: &str) -> Vec<String> {
 }
 
 fn palisade(config: &Path, args: &[&str]) -> Output {
+    palisade_with_token(config, args, TEST_ADMIN_TOKEN)
+}
+
+/// Runs `palisade` with `token` in `PALISADE_TOKEN`, for `--server`.
+fn palisade_with_token(config: &Path, args: &[&str], token: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_palisade"))
         .arg("--config")
         .arg(config)
         .args(args)
         .env_remove("USER")
+        .env("PALISADE_TOKEN", token)
         .output()
         .unwrap()
 }
 
 fn succeed(config: &Path, args: &[&str]) -> String {
-    let output = palisade(config, args);
+    succeed_with_token(config, args, TEST_ADMIN_TOKEN)
+}
+
+fn succeed_with_token(config: &Path, args: &[&str], token: &str) -> String {
+    let output = palisade_with_token(config, args, token);
     assert!(
         output.status.success(),
         "palisade {args:?} failed: {}",
@@ -100,6 +101,11 @@ async fn case_work_over_http_is_read_back() {
     let (status, body) = daemon.post_alerts(wazuh_samples()).await;
     assert_eq!(status, 202, "{body}");
     let id = body["accepted"][0]["case_id"].as_str().unwrap().to_string();
+    // Each person acts with a token of their name.
+    let lead = daemon.create_token("lead", "analyst").await;
+    let ana = daemon.create_token("ana", "analyst").await;
+    let bo = daemon.create_token("bo", "analyst").await;
+    let cy = daemon.create_token("cy", "analyst").await;
 
     let update = json!({
         "status": "in_progress",
@@ -108,7 +114,13 @@ async fn case_work_over_http_is_read_back() {
         "priority": "P1",
         "actor": "lead",
     });
-    let (status, case) = call(&daemon, "PATCH", &format!("/v1/cases/{id}"), Some(update)).await;
+    let path = format!("/v1/cases/{id}");
+    let (status, body) = call(&daemon, "PATCH", &path, Some(update.clone())).await;
+    assert_eq!(status, 403, "the admin token acted as lead: {body}");
+    assert_eq!(body["error"]["code"], "actor_mismatch");
+    let (status, case) = daemon
+        .call_as(Some(&lead), "PATCH", &path, Some(update))
+        .await;
     assert_eq!(status, 200, "{case}");
     assert_eq!(case["status"], "in_progress");
     assert_eq!(case["assignee"], "ana");
@@ -118,13 +130,20 @@ async fn case_work_over_http_is_read_back() {
 
     let comment = json!({ "text": "Looks like the EICAR test file.", "actor": "ana" });
     let path = format!("/v1/cases/{id}/comments");
-    let (status, case) = call(&daemon, "POST", &path, Some(comment)).await;
+    let (status, case) = daemon
+        .call_as(Some(&ana), "POST", &path, Some(comment))
+        .await;
     assert_eq!(status, 201, "{case}");
     assert_eq!(case["notes"][0]["author"], "ana");
 
     let path = format!("/v1/cases/{id}/tasks?actor=bo");
     let task = json!({ "title": "Ask the owner where the file came from" });
-    let (status, reply) = call(&daemon, "POST", &path, Some(task)).await;
+    let (status, body) = daemon
+        .call_as(Some(&ana), "POST", &path, Some(task.clone()))
+        .await;
+    assert_eq!(status, 403, "ana's token acted as bo: {body}");
+    assert_eq!(body["error"]["code"], "actor_mismatch");
+    let (status, reply) = daemon.call_as(Some(&bo), "POST", &path, Some(task)).await;
     assert_eq!(status, 201, "{reply}");
     assert_eq!(reply["task_id"], "T1");
     let path = format!("/v1/cases/{id}/tasks/T1/done");
@@ -138,7 +157,7 @@ async fn case_work_over_http_is_read_back() {
     assert_eq!(task["title"], "Ask the owner where the file came from");
     assert_eq!(task["created_by"], "bo");
     assert_eq!(task["done"], true);
-    assert_eq!(task["done_by"], "api", "no actor given");
+    assert_eq!(task["done_by"], TEST_ADMIN_NAME, "no actor given");
     assert_eq!(
         kinds_by(&case, "lead"),
         [
@@ -151,7 +170,7 @@ async fn case_work_over_http_is_read_back() {
     );
     assert_eq!(kinds_by(&case, "ana"), ["comment"]);
     assert_eq!(kinds_by(&case, "bo"), ["task_added"]);
-    assert_eq!(kinds_by(&case, "api"), ["task_done"]);
+    assert_eq!(kinds_by(&case, TEST_ADMIN_NAME), ["task_done"]);
 
     // Filters and statistics.
     let listed = daemon
@@ -238,7 +257,7 @@ async fn case_work_over_http_is_read_back() {
     let config_path = config.clone();
     let cli_id = id.clone();
     let listed = tokio::task::spawn_blocking(move || {
-        succeed(
+        succeed_with_token(
             &config_path,
             &[
                 "case",
@@ -250,7 +269,23 @@ async fn case_work_over_http_is_read_back() {
                 "--as",
                 "cy",
             ],
+            &cy,
         );
+        // The admin token cannot act as cy.
+        let error = fail(
+            &config_path,
+            &[
+                "case",
+                "comment",
+                &cli_id,
+                "Not mine.",
+                "--server",
+                &base,
+                "--as",
+                "cy",
+            ],
+        );
+        assert!(error.contains("actor_mismatch"), "{error}");
         succeed(
             &config_path,
             &[
@@ -284,7 +319,7 @@ async fn case_work_over_http_is_read_back() {
         ("operator:lead", "case_updated"),
         ("operator:ana", "case_commented"),
         ("operator:bo", "case_task_added"),
-        ("operator:api", "case_task_done"),
+        ("operator:test-admin", "case_task_done"),
         ("operator:cy", "case_commented"),
     ];
     let found: Vec<(&str, &str)> = actions

@@ -142,7 +142,8 @@ async fn invalid_alerts_are_rejected_with_their_line() {
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "empty_body");
 
-    let response = reqwest::Client::new()
+    let response = daemon
+        .client()
         .delete(format!("{}/v1/cases", daemon.base))
         .send()
         .await
@@ -156,7 +157,10 @@ async fn invalid_alerts_are_rejected_with_their_line() {
         "/v1/nothing",
         "/v1/cases/~case-counter",
     ] {
-        let response = reqwest::get(format!("{}{path}", daemon.base))
+        let response = daemon
+            .client()
+            .get(format!("{}{path}", daemon.base))
+            .send()
             .await
             .unwrap();
         assert_eq!(response.status().as_u16(), 404, "{path}");
@@ -242,12 +246,8 @@ async fn misbehaving_steps_fail_alone() {
     let playbooks = dir.path().join("playbooks");
     std::fs::create_dir_all(&plugins).unwrap();
     std::fs::create_dir_all(&playbooks).unwrap();
-    std::fs::copy(support::hostile_plugin(), plugins.join("hostile.wasm")).unwrap();
-    std::fs::copy(
-        support::plugins_dir().join("noop.wasm"),
-        plugins.join("noop.wasm"),
-    )
-    .unwrap();
+    support::copy_signed_plugin(&support::hostile_plugin(), &plugins);
+    support::copy_signed_plugin(&support::plugins_dir().join("noop.wasm"), &plugins);
     std::fs::write(playbooks.join("zoo.yaml"), ZOO_PLAYBOOK).unwrap();
     let config = dir.path().join("palisade.toml");
     let text = format!(
@@ -256,6 +256,7 @@ cache_dir = "{cache}"
 plugins_dir = "{plugins}"
 playbooks_dir = "{playbooks}"
 
+{trust}
 [plugins.hostile]
 limits = {{ cpu_ms = 300, wall_ms = 3000, memory_bytes = 33554432, output_bytes = 65536, log_bytes = 4096 }}
 "#,
@@ -263,8 +264,9 @@ limits = {{ cpu_ms = 300, wall_ms = 3000, memory_bytes = 33554432, output_bytes 
         cache = support::cache_dir().display(),
         plugins = plugins.display(),
         playbooks = playbooks.display(),
+        trust = support::trust_table(),
     );
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, text + &support::api_tokens_table()).unwrap();
 
     let daemon = Daemon::start(&config);
     let (status, _) = daemon.post_alerts(wazuh_samples()).await;

@@ -105,7 +105,7 @@ async fn stream_alerts(
     acknowledged: Arc<Mutex<BTreeSet<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> u64 {
-    let client = reqwest::Client::new();
+    let client = support::daemon::client_with_token(support::TEST_ADMIN_TOKEN);
     let mut next = first;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let batch: Vec<String> = (next..next + 3).map(wazuh_alert).collect();
@@ -166,10 +166,16 @@ async fn wait_until_settled(daemon: &Daemon, expected: usize) -> Vec<Value> {
 }
 
 fn palisade(config: &Path, args: &[&str]) -> std::process::Output {
+    palisade_with_token(config, args, support::TEST_ADMIN_TOKEN)
+}
+
+/// Runs `palisade` with `token` in `PALISADE_TOKEN`, for `--server`.
+fn palisade_with_token(config: &Path, args: &[&str], token: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_palisade"))
         .arg("--config")
         .arg(config)
         .args(args)
+        .env("PALISADE_TOKEN", token)
         .output()
         .unwrap()
 }
@@ -382,7 +388,7 @@ async fn interrupted_side_effect_parks_until_a_person_decides() {
     assert_eq!(tickets.requests().len(), 1);
 
     // A decision on an unknown run or with an unknown name is refused.
-    let client = reqwest::Client::new();
+    let client = daemon.client();
     let response = client
         .post(format!("{}/v1/runs/R99999999/resume", daemon.base))
         .header("content-type", "application/json")
@@ -401,7 +407,9 @@ async fn interrupted_side_effect_parks_until_a_person_decides() {
     assert_eq!(response.status().as_u16(), 400);
     assert!(response.text().await.unwrap().contains("retry, skip, fail"));
 
-    let output = palisade(
+    // The decision goes through the daemon with alice's token.
+    let alice = daemon.create_token("alice", "analyst").await;
+    let output = palisade_with_token(
         &config,
         &[
             "resume",
@@ -414,6 +422,7 @@ async fn interrupted_side_effect_parks_until_a_person_decides() {
             &daemon.base,
             "--json",
         ],
+        &alice,
     );
     assert!(
         output.status.success(),

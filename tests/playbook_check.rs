@@ -16,10 +16,11 @@ fn check(args: &[&str]) -> Output {
     std::fs::write(
         &config,
         format!(
-            "plugins_dir = \"{}\"\ndata_dir = \"{}\"\ncache_dir = \"{}\"\n",
+            "plugins_dir = \"{}\"\ndata_dir = \"{}\"\ncache_dir = \"{}\"\n{}",
             plugins_dir().display(),
             dir.path().join("data").display(),
-            support::cache_dir().display()
+            support::cache_dir().display(),
+            support::trust_table()
         ),
     )
     .unwrap();

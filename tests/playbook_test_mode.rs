@@ -19,6 +19,7 @@ fn write_config(dir: &Path) -> PathBuf {
 cache_dir = "{cache}"
 data_dir = "{data}"
 
+{trust}
 [secrets.virustotal-api-key]
 file = "key"
 
@@ -51,6 +52,7 @@ origins = ["https://tickets.example.test"]
         plugins = plugins_dir().display(),
         cache = cache_dir().display(),
         data = dir.join("data").display(),
+        trust = support::trust_table(),
     );
     let path = dir.join("palisade.toml");
     std::fs::write(&path, text).unwrap();

@@ -719,6 +719,7 @@ impl Daemon {
 fn palisade_quota(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(args)
+        .env("PALISADE_TOKEN", support::TEST_ADMIN_TOKEN)
         .output()
         .unwrap();
     assert!(
@@ -767,7 +768,8 @@ rate = {{ requests = 100, per_seconds = 1 }}
         support::repo_root().join("samples/wazuh/fim_virustotal_alerts.jsonl"),
     )
     .unwrap();
-    let response = reqwest::Client::new()
+    let response = daemon
+        .client()
         .post(format!("{}/v1/alerts", daemon.base))
         .body(alerts)
         .send()

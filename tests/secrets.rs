@@ -36,6 +36,7 @@ cache_dir = "{cache}"
 plugins_dir = "{plugins}"
 playbooks_dir = "{root}/playbooks"
 
+{trust}
 [secrets.{SECRET_NAME}]
 stored = true
 
@@ -54,6 +55,7 @@ origins = ["{vt_origin}"]
         cache = cache_dir().display(),
         plugins = plugins_dir().display(),
         root = repo_root().display(),
+        trust = support::trust_table(),
     ));
     let path = dir.join("palisade.toml");
     std::fs::write(&path, text).unwrap();

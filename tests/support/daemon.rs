@@ -1,15 +1,36 @@
-//! `palisade serve` as a child process on an ephemeral loopback port.
+//! `palisade serve` as a child process on an ephemeral loopback port, and
+//! an HTTP client that sends the admin token of the test configurations.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use serde_json::Value;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use serde_json::{Value, json};
+
+use super::TEST_ADMIN_TOKEN;
 
 /// A running daemon, killed when dropped.
 pub struct Daemon {
     child: Child,
+    /// `http://ADDRESS`, from the daemon's `listening on ADDRESS` line.
     pub base: String,
+    /// Address the daemon listens on.
+    pub address: String,
+}
+
+/// Returns a client that sends `Authorization: Bearer TOKEN` with every
+/// request.
+pub fn client_with_token(token: &str) -> reqwest::Client {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 impl Daemon {
@@ -57,7 +78,52 @@ impl Daemon {
         Self {
             child,
             base: format!("http://{address}"),
+            address,
         }
+    }
+
+    /// A client that sends the test configurations' admin token.
+    pub fn client(&self) -> reqwest::Client {
+        client_with_token(TEST_ADMIN_TOKEN)
+    }
+
+    /// Sends `method path`, with a JSON body when given, as the holder of
+    /// `token` (none: no `Authorization` header), and returns the status
+    /// and the JSON response.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let client = match token {
+            Some(token) => client_with_token(token),
+            None => reqwest::Client::new(),
+        };
+        let mut request = client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: {text}"));
+        (status, value)
+    }
+
+    /// Creates an API token named `name` with `role` through the API, as
+    /// the admin, and returns it.
+    pub async fn create_token(&self, name: &str, role: &str) -> String {
+        let body = json!({ "name": name, "role": role });
+        let (status, reply) = self
+            .call_as(Some(TEST_ADMIN_TOKEN), "POST", "/v1/tokens", Some(body))
+            .await;
+        assert_eq!(status, 201, "creating token {name}: {reply}");
+        reply["token"].as_str().unwrap().to_string()
     }
 
     /// Stops the daemon with SIGINT and waits for it to exit.
@@ -82,7 +148,12 @@ impl Daemon {
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        let response = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        let response = self
+            .client()
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         assert!(
             response.status().is_success(),
             "GET {path}: {}",
@@ -92,7 +163,8 @@ impl Daemon {
     }
 
     pub async fn post_alerts(&self, body: String) -> (u16, Value) {
-        let response = reqwest::Client::new()
+        let response = self
+            .client()
             .post(format!("{}/v1/alerts", self.base))
             .body(body)
             .send()

@@ -22,9 +22,10 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Builds every plugin for `wasm32-wasip2` once per test binary and returns
-/// the directory holding the components. Cargo does nothing when they are
-/// already up to date.
+/// Builds every plugin for `wasm32-wasip2` once per test binary, signs each
+/// with the development key as `cargo xtask build-plugins` does, and
+/// returns the directory holding the components. Cargo does nothing when
+/// they are already up to date.
 pub fn plugins_dir() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -46,9 +47,63 @@ pub fn plugins_dir() -> PathBuf {
                 .status()
                 .expect("cargo runs");
             assert!(status.success(), "building the plugins failed");
-            root.join("plugins/target/wasm32-wasip2/release")
+            let dir = root.join("plugins/target/wasm32-wasip2/release");
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path
+                    .extension()
+                    .is_some_and(|extension| extension == "wasm")
+                {
+                    sign_component(&path);
+                }
+            }
+            dir
         })
         .clone()
+}
+
+/// Returns the path of the development public key, whose pair signs the
+/// plugins of [`plugins_dir`] and [`hostile_plugin`].
+/// `cargo xtask build-plugins` uses the same pair.
+pub fn dev_public_key() -> PathBuf {
+    repo_root().join("plugins/target/dev-signing/palisade-dev.pub")
+}
+
+/// Returns the `[trust]` table that accepts the development key, for the
+/// configuration files the tests write.
+pub fn trust_table() -> String {
+    format!("[trust]\nkeys = [\"{}\"]\n", dev_public_key().display())
+}
+
+/// Writes the detached signature `COMPONENT.sig` with the development key,
+/// creating the key pair on first use. The file is replaced by a rename,
+/// and only when the signature changed, so a test binary running at the
+/// same time never reads half a signature.
+pub fn sign_component(component: &Path) {
+    let key_dir = dev_public_key().parent().unwrap().to_path_buf();
+    let key = palisade_signing::load_or_create_key_pair(&key_dir, "palisade-dev").unwrap();
+    let bytes = std::fs::read(component).unwrap();
+    let text = format!(
+        "{}\n",
+        palisade_signing::sign(&bytes, &key).unwrap().to_json()
+    );
+    let path = palisade_signing::signature_path(component);
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return;
+    }
+    let temporary = path.with_extension(format!("sig.{}.tmp", std::process::id()));
+    std::fs::write(&temporary, &text).unwrap();
+    std::fs::rename(&temporary, &path).unwrap();
+}
+
+/// Copies a component and its detached signature into `dir`, under the
+/// component's file name.
+pub fn copy_signed_plugin(component: &Path, dir: &Path) {
+    let name = component.file_name().unwrap();
+    std::fs::copy(component, dir.join(name)).unwrap();
+    let signature = palisade_signing::signature_path(component);
+    let signature_name = signature.file_name().unwrap();
+    std::fs::copy(&signature, dir.join(signature_name)).unwrap();
 }
 
 /// Precompiled-plugin cache shared by all tests, so each component is
@@ -149,6 +204,22 @@ async fn not_found(
     vt_error(StatusCode::NOT_FOUND, "NotFoundError", "not found")
 }
 
+/// The admin API token every configuration the tests write grants, as
+/// `[[api.tokens]]` named [`TEST_ADMIN_NAME`]. [`daemon::Daemon`] sends it.
+pub const TEST_ADMIN_TOKEN: &str = "pal_test-admin-token-4b1d0c9e7a2f53816d0e";
+
+/// Name of [`TEST_ADMIN_TOKEN`], which is the actor of its requests.
+pub const TEST_ADMIN_NAME: &str = "test-admin";
+
+/// Returns the `[[api.tokens]]` entry of [`TEST_ADMIN_TOKEN`], for the
+/// configuration files the tests write.
+pub fn api_tokens_table() -> String {
+    format!(
+        "\n[[api.tokens]]\nname = \"{TEST_ADMIN_NAME}\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+        palisade::auth::token_sha256(TEST_ADMIN_TOKEN)
+    )
+}
+
 /// The secret value the tests grant to the VirusTotal plugin. Tests search
 /// storage and output for it.
 pub const TEST_API_KEY: &str = "test-key-5f1c9a7e0b2d4e68";
@@ -156,7 +227,8 @@ pub const TEST_API_KEY: &str = "test-key-5f1c9a7e0b2d4e68";
 /// Writes a `palisade.toml` in `dir` that grants the VirusTotal plugin the
 /// replay server at `vt_origin` (or nothing, when `None`) and returns its
 /// path. The database goes in `dir/data` and the API key in a file beside
-/// the configuration. Key correlation is off (`window = "0"`).
+/// the configuration. Key correlation is off (`window = "0"`), and the
+/// daemon takes [`TEST_ADMIN_TOKEN`].
 pub fn write_config(dir: &Path, vt_origin: Option<&str>) -> PathBuf {
     let root = repo_root();
     std::fs::write(dir.join("vt-api-key"), TEST_API_KEY).unwrap();
@@ -166,6 +238,7 @@ cache_dir = "{cache}"
 plugins_dir = "{plugins}"
 playbooks_dir = "{root}/playbooks"
 
+{trust}
 # One case per fingerprint, which the tests count on. Key correlation has
 # its own tests, which set a window in place of this one.
 [correlation]
@@ -181,6 +254,7 @@ key_value = true
         cache = cache_dir().display(),
         plugins = plugins_dir().display(),
         root = root.display(),
+        trust = trust_table(),
     );
     if let Some(origin) = vt_origin {
         text.push_str(&format!(
@@ -195,6 +269,7 @@ origins = ["{origin}"]
 "#
         ));
     }
+    text.push_str(&api_tokens_table());
     let path = dir.join("palisade.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -228,8 +303,9 @@ pub fn shared_data(name: &str) -> Option<PathBuf> {
 }
 
 /// Builds the hostile plugin fixture (its own cargo workspace, kept out of
-/// `plugins/` so it is never loaded by accident) once per test binary and
-/// returns the path of `hostile.wasm`.
+/// `plugins/` so it is never loaded by accident) once per test binary,
+/// signs it with the development key, and returns the path of
+/// `hostile.wasm`.
 pub fn hostile_plugin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -245,7 +321,9 @@ pub fn hostile_plugin() -> PathBuf {
                 .status()
                 .expect("cargo runs");
             assert!(status.success(), "building the hostile fixture failed");
-            target_dir.join("wasm32-wasip2/release/hostile.wasm")
+            let component = target_dir.join("wasm32-wasip2/release/hostile.wasm");
+            sign_component(&component);
+            component
         })
         .clone()
 }

@@ -185,7 +185,8 @@ async fn open_ticket(
 
 /// Writes a `palisade.toml` in `dir` that loads the playbooks in
 /// `playbooks` and grants the ticketing plugin the server at `origin`, and
-/// returns its path. The database goes in `dir/data`.
+/// returns its path. The database goes in `dir/data`, and the daemon takes
+/// [`super::TEST_ADMIN_TOKEN`].
 pub fn write_ticketing_config(dir: &Path, playbooks: &Path, origin: &str) -> PathBuf {
     std::fs::write(dir.join("ticket-token"), TICKET_TOKEN).unwrap();
     let text = format!(
@@ -194,6 +195,7 @@ cache_dir = "{cache}"
 plugins_dir = "{plugins}"
 playbooks_dir = "{playbooks}"
 
+{trust}
 [secrets.ticketing-token]
 file = "ticket-token"
 
@@ -209,8 +211,9 @@ origins = ["{origin}"]
         cache = cache_dir().display(),
         plugins = plugins_dir().display(),
         playbooks = playbooks.display(),
+        trust = super::trust_table(),
     );
     let path = dir.join("palisade.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, text + &super::api_tokens_table()).unwrap();
     path
 }

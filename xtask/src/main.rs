@@ -1,15 +1,18 @@
 //! Build tasks for Palisade, run as `cargo xtask <task>`:
 //!
-//! - `build-plugins`: add the `wasm32-wasip2` target and build every plugin
-//!   in `plugins/` as a WebAssembly component;
+//! - `build-plugins`: add the `wasm32-wasip2` target, build every plugin
+//!   in `plugins/` as a WebAssembly component, and sign each one with the
+//!   development key in `plugins/target/dev-signing/`, created on first use;
 //! - `demo`: build the plugins and run the bundled sample alerts through the
 //!   bundled playbooks, with VirusTotal served by a replay of recorded
 //!   responses on 127.0.0.1;
 //! - `test`: build the plugins and run every test: the plugins' own unit
 //!   tests, then the host workspace's tests.
 //!
-//! Only the standard library is used, so this crate builds in seconds.
+//! The only dependency is `palisade-signing`, for the development
+//! signatures, so this crate builds without wasmtime.
 
+mod dev_signing;
 mod replay;
 
 use std::path::{Path, PathBuf};
@@ -86,8 +89,14 @@ fn build_plugins() -> Result<(), String> {
         "wasm32-wasip2",
         "--release",
     ]);
-    run(build)
+    run(build)?;
+    let root = root();
+    dev_signing::sign_dir(&root, &root.join(PLUGINS_OUT_DIR))
 }
+
+/// Directory of the built plugin components, relative to the repository
+/// root.
+const PLUGINS_OUT_DIR: &str = "plugins/target/wasm32-wasip2/release";
 
 fn test() -> Result<(), String> {
     build_plugins()?;
@@ -233,6 +242,8 @@ fn demo() -> Result<(), String> {
 }
 
 fn demo_config(root: &Path, address: &str) -> String {
+    let trusted_key = dev_signing::dev_public_key(root);
+    let trusted_key = trusted_key.display();
     let root = root.display();
     format!(
         r#"# Written by `cargo xtask demo`; palisade.toml at the repository root is
@@ -240,6 +251,11 @@ fn demo_config(root: &Path, address: &str) -> String {
 data_dir = "{root}/palisade-data"
 plugins_dir = "{root}/plugins/target/wasm32-wasip2/release"
 playbooks_dir = "{root}/playbooks"
+
+# The development key that `cargo xtask build-plugins` signs the bundled
+# plugins with.
+[trust]
+keys = ["{trusted_key}"]
 
 [secrets.virustotal-api-key]
 env = "{DEMO_KEY_VARIABLE}"
@@ -272,5 +288,12 @@ mod tests {
         assert_eq!(totals.passed, 79);
         assert_eq!(totals.failed, 2);
         assert_eq!(totals.ignored, 1);
+    }
+
+    #[test]
+    fn demo_config_trusts_the_development_key() {
+        let text = demo_config(Path::new("/repo"), "127.0.0.1:9");
+        let line = "keys = [\"/repo/plugins/target/dev-signing/palisade-dev.pub\"]";
+        assert!(text.contains(&format!("[trust]\n{line}\n")), "{text}");
     }
 }

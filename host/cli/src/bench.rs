@@ -130,6 +130,7 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
         parent: None,
         inputs: serde_json::Value::Null,
         outputs: None,
+        plugin_versions: Default::default(),
     };
 
     // Warm up both paths so first-call costs do not count.

@@ -11,14 +11,14 @@
 //! - `POST /v1/cases/{id}/tasks/{task}/done`
 //!
 //! The other routes return the case, or the list of cases, with its SLA
-//! view. A write names its actor in the body's `actor`, else in
-//! `?actor=`, else it is `api`. Bodies are JSON whatever their content
+//! view. The actor of a write is the name of the request's token. A
+//! request may name it in the body's `actor` or in `?actor=`, and one that
+//! names another actor is rejected. Bodies are JSON whatever their content
 //! type, and an empty body is an empty object.
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -28,10 +28,8 @@ use palisade_engine::{CaseEdit, CaseError, CaseFilter, CaseQuery, CaseService, p
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::server::{ApiError, internal};
-
-/// Actor of a write that names none.
-pub const DEFAULT_ACTOR: &str = "api";
+use crate::api_error::{ApiError, Body, ErrorCode, internal};
+use crate::auth::Identity;
 
 /// Period of `GET /v1/cases/stats` without `since`.
 const DEFAULT_STATS_PERIOD: &str = "7d";
@@ -55,13 +53,9 @@ where
         .route("/v1/cases/{id}/tasks/{task}/done", post(complete_task))
 }
 
-fn bad_request(code: &'static str, message: String) -> ApiError {
-    tracing::debug!(code, error = %message, "case request rejected");
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code,
-        message,
-    }
+fn bad_request(code: ErrorCode, message: String) -> ApiError {
+    tracing::debug!(code = code.as_str(), error = %message, "case request rejected");
+    ApiError::new(code, message)
 }
 
 impl From<CaseError> for ApiError {
@@ -69,13 +63,9 @@ impl From<CaseError> for ApiError {
         match error {
             CaseError::NotFound(_) => {
                 tracing::debug!(%error, "case request rejected");
-                ApiError {
-                    status: StatusCode::NOT_FOUND,
-                    code: "not_found",
-                    message: error.to_string(),
-                }
+                ApiError::new(ErrorCode::NotFound, error.to_string())
             }
-            CaseError::Invalid(message) => bad_request("invalid_request", message),
+            CaseError::Invalid(message) => bad_request(ErrorCode::InvalidRequest, message),
             CaseError::Store(_) | CaseError::Audit { .. } => {
                 // The chain names the store failure under the summary.
                 let chain = anyhow::Error::from(error);
@@ -99,7 +89,7 @@ where
 }
 
 fn query_error(rejection: QueryRejection) -> ApiError {
-    bad_request("invalid_query", rejection.body_text())
+    bad_request(ErrorCode::InvalidQuery, rejection.body_text())
 }
 
 /// `?actor=` of a write.
@@ -109,41 +99,43 @@ struct ActorQuery {
 }
 
 /// Reads a JSON object body, which may be empty, and takes `actor` out of
-/// it. The actor falls back to `?actor=`, then to [`DEFAULT_ACTOR`].
+/// it. The actor is the name of `identity`'s token; an `actor` in the body
+/// or in `?actor=` must be that name.
 fn take_actor(
-    body: Result<Bytes, BytesRejection>,
+    identity: &Identity,
+    Body(body): Body,
     query: Result<Query<ActorQuery>, QueryRejection>,
 ) -> Result<(Map<String, Value>, String), ApiError> {
     let Query(query) = query.map_err(query_error)?;
-    let body = body.map_err(|rejection| bad_request("invalid_body", rejection.body_text()))?;
     let parsed = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
     } else {
         serde_json::from_slice(&body).map_err(|error| {
             bad_request(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 format!("the body is not valid JSON: {error}"),
             )
         })?
     };
     let Value::Object(mut fields) = parsed else {
         return Err(bad_request(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!(
                 "the body is {parsed}, not a JSON object; send an object such as {{\"actor\": \"ana\"}}"
             ),
         ));
     };
-    let actor = match fields.remove("actor") {
-        None | Some(Value::Null) => query.actor.unwrap_or_else(|| DEFAULT_ACTOR.into()),
-        Some(Value::String(actor)) => actor,
+    let claimed = match fields.remove("actor") {
+        None | Some(Value::Null) => query.actor,
+        Some(Value::String(actor)) => Some(actor),
         Some(other) => {
             return Err(bad_request(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 format!("`actor` is {other}, not a string; send the name of who acts"),
             ));
         }
     };
+    let actor = identity.actor(claimed.as_deref())?;
     Ok((fields, actor))
 }
 
@@ -153,20 +145,20 @@ fn text_field(mut fields: Map<String, Value>, name: &str) -> Result<String, ApiE
         Some(Value::String(text)) => text,
         Some(other) => {
             return Err(bad_request(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 format!("`{name}` is {other}, not a string"),
             ));
         }
         None => {
             return Err(bad_request(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 format!("the body has no `{name}`; send {{\"{name}\": \"...\"}}"),
             ));
         }
     };
     if let Some(unknown) = fields.keys().next() {
         return Err(bad_request(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!("unknown field `{unknown}`; the body takes `{name}` and `actor`"),
         ));
     }
@@ -212,13 +204,14 @@ async fn case_stats(
 async fn update_case(
     State(CaseState(service)): State<CaseState>,
     Path(id): Path<String>,
+    identity: Identity,
     query: Result<Query<ActorQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (fields, actor) = take_actor(body, query)?;
+    let (fields, actor) = take_actor(&identity, body, query)?;
     let edit: CaseEdit = serde_json::from_value(Value::Object(fields)).map_err(|error| {
         bad_request(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!("invalid case update: {error}; send status, assignee, add_tags, remove_tags, priority, severity or actor"),
         )
     })?;
@@ -231,10 +224,11 @@ async fn update_case(
 async fn add_comment(
     State(CaseState(service)): State<CaseState>,
     Path(id): Path<String>,
+    identity: Identity,
     query: Result<Query<ActorQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (fields, actor) = take_actor(body, query)?;
+    let (fields, actor) = take_actor(&identity, body, query)?;
     let text = text_field(fields, "text")?;
     blocking(StatusCode::CREATED, move || {
         service.comment(&id, &actor, &text, Utc::now())
@@ -245,10 +239,11 @@ async fn add_comment(
 async fn add_task(
     State(CaseState(service)): State<CaseState>,
     Path(id): Path<String>,
+    identity: Identity,
     query: Result<Query<ActorQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (fields, actor) = take_actor(body, query)?;
+    let (fields, actor) = take_actor(&identity, body, query)?;
     let title = text_field(fields, "title")?;
     blocking(StatusCode::CREATED, move || {
         let (case, task_id) = service.add_task(&id, &actor, &title, Utc::now())?;
@@ -260,13 +255,14 @@ async fn add_task(
 async fn complete_task(
     State(CaseState(service)): State<CaseState>,
     Path((id, task)): Path<(String, String)>,
+    identity: Identity,
     query: Result<Query<ActorQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (fields, actor) = take_actor(body, query)?;
+    let (fields, actor) = take_actor(&identity, body, query)?;
     if let Some(unknown) = fields.keys().next() {
         return Err(bad_request(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!("unknown field `{unknown}`; the body takes only `actor`"),
         ));
     }

@@ -8,14 +8,15 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand};
 use palisade_engine::{CaseEdit, CaseFilter, CaseQuery, CaseService, CaseStats, parse_period};
 use palisade_model::Case;
 use palisade_store::Store;
+use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::api_client::ApiClient;
 use crate::config::Config;
 use crate::output::{case_table, printable_lines};
 
@@ -83,8 +84,9 @@ pub struct Target {
     #[arg(long)]
     pub server: Option<String>,
     /// Name of the person making the change, for the timeline and the
-    /// audit log. The default is the `USER` environment variable, else
-    /// `cli`.
+    /// audit log. On the database the default is the `USER` environment
+    /// variable, else `cli`. Through a daemon the actor is the name of the
+    /// API token, and a different name here is rejected.
     #[arg(long = "as", value_name = "WHO")]
     pub actor: Option<String>,
     /// Print the case as JSON instead of a summary.
@@ -93,6 +95,20 @@ pub struct Target {
 }
 
 impl Target {
+    /// The daemon at `--server`, with `token`, if one is given.
+    fn client(&self, token: Option<&str>) -> Option<ApiClient> {
+        self.server
+            .as_deref()
+            .map(|server| ApiClient::new(server, token))
+    }
+
+    /// Adds `--as`, when given, to a request body for the daemon.
+    fn claim_actor(&self, body: &mut Value) {
+        if let Some(actor) = &self.actor {
+            body["actor"] = json!(actor);
+        }
+    }
+
     fn actor(&self) -> String {
         self.actor
             .clone()
@@ -187,21 +203,29 @@ fn local_service(config: &Config) -> anyhow::Result<CaseService> {
     Ok(CaseService::new(store, sla))
 }
 
-/// `palisade cases`.
-pub async fn cases(config: &Config, args: CasesArgs) -> anyhow::Result<ExitCode> {
+/// `palisade cases`. `token` is the API token sent with `--server`.
+pub async fn cases(
+    config: &Config,
+    args: CasesArgs,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     if args.id.is_some() && args.has_filters() {
         anyhow::bail!("filters apply to the case list; drop the case id or the filters");
     }
     let now = Utc::now();
-    let cases: Vec<Case> = match (&args.server, &args.id) {
+    let client = args
+        .server
+        .as_deref()
+        .map(|server| ApiClient::new(server, token));
+    let cases: Vec<Case> = match (&client, &args.id) {
         (Some(server), Some(id)) => {
-            let body = request(server, "GET", &format!("/v1/cases/{id}"), &[], None).await?;
+            let body = server.get(&format!("/v1/cases/{id}")).await?;
             vec![serde_json::from_value(body)?]
         }
         (Some(server), None) => {
             let query = serde_json::to_value(args.query())?;
             let pairs = query_pairs(&query);
-            serde_json::from_value(request(server, "GET", "/v1/cases", &pairs, None).await?)?
+            serde_json::from_value(server.send(Method::GET, "/v1/cases", &pairs, None).await?)?
         }
         (None, Some(id)) => vec![local_service(config)?.case(id, now)?],
         (None, None) => {
@@ -221,8 +245,12 @@ pub async fn cases(config: &Config, args: CasesArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// `palisade case ...`.
-pub async fn case(config: &Config, command: CaseCommand) -> anyhow::Result<ExitCode> {
+/// `palisade case ...`. `token` is the API token sent with `--server`.
+pub async fn case(
+    config: &Config,
+    command: CaseCommand,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     match command {
         CaseCommand::Update {
             id,
@@ -247,23 +275,28 @@ pub async fn case(config: &Config, command: CaseCommand) -> anyhow::Result<ExitC
                 priority,
                 severity,
             };
-            let case = match &target.server {
+            let case = match target.client(token) {
                 Some(server) => {
                     let mut body = serde_json::to_value(&edit)?;
-                    body["actor"] = json!(target.actor());
+                    target.claim_actor(&mut body);
                     let path = format!("/v1/cases/{id}");
-                    serde_json::from_value(request(server, "PATCH", &path, &[], Some(body)).await?)?
+                    serde_json::from_value(
+                        server.send(Method::PATCH, &path, &[], Some(body)).await?,
+                    )?
                 }
                 None => local_service(config)?.update(&id, &edit, &target.actor(), Utc::now())?,
             };
             print_case(&case, &format!("updated case {}", case.id), target.json)
         }
         CaseCommand::Comment { id, text, target } => {
-            let case = match &target.server {
+            let case = match target.client(token) {
                 Some(server) => {
-                    let body = json!({ "text": text, "actor": target.actor() });
+                    let mut body = json!({ "text": text });
+                    target.claim_actor(&mut body);
                     let path = format!("/v1/cases/{id}/comments");
-                    serde_json::from_value(request(server, "POST", &path, &[], Some(body)).await?)?
+                    serde_json::from_value(
+                        server.send(Method::POST, &path, &[], Some(body)).await?,
+                    )?
                 }
                 None => local_service(config)?.comment(&id, &target.actor(), &text, Utc::now())?,
             };
@@ -273,7 +306,7 @@ pub async fn case(config: &Config, command: CaseCommand) -> anyhow::Result<ExitC
                 target.json,
             )
         }
-        CaseCommand::Task { id, action } => task(config, &id, action).await,
+        CaseCommand::Task { id, action } => task(config, &id, action, token).await,
         CaseCommand::Stats {
             since,
             server,
@@ -282,8 +315,11 @@ pub async fn case(config: &Config, command: CaseCommand) -> anyhow::Result<ExitC
             let stats: CaseStats = match &server {
                 Some(server) => {
                     let pairs = [("since".to_string(), since.clone())];
+                    let server = ApiClient::new(server, token);
                     serde_json::from_value(
-                        request(server, "GET", "/v1/cases/stats", &pairs, None).await?,
+                        server
+                            .send(Method::GET, "/v1/cases/stats", &pairs, None)
+                            .await?,
                     )?
                 }
                 None => {
@@ -302,14 +338,20 @@ pub async fn case(config: &Config, command: CaseCommand) -> anyhow::Result<ExitC
     }
 }
 
-async fn task(config: &Config, id: &str, action: TaskAction) -> anyhow::Result<ExitCode> {
+async fn task(
+    config: &Config,
+    id: &str,
+    action: TaskAction,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     match action {
         TaskAction::Add { title, target } => {
-            let (case, task_id) = match &target.server {
+            let (case, task_id) = match target.client(token) {
                 Some(server) => {
-                    let body = json!({ "title": title, "actor": target.actor() });
+                    let mut body = json!({ "title": title });
+                    target.claim_actor(&mut body);
                     let path = format!("/v1/cases/{id}/tasks");
-                    let mut reply = request(server, "POST", &path, &[], Some(body)).await?;
+                    let mut reply = server.send(Method::POST, &path, &[], Some(body)).await?;
                     let task_id = reply["task_id"].as_str().unwrap_or_default().to_string();
                     (serde_json::from_value(reply["case"].take())?, task_id)
                 }
@@ -322,11 +364,14 @@ async fn task(config: &Config, id: &str, action: TaskAction) -> anyhow::Result<E
             )
         }
         TaskAction::Done { task_id, target } => {
-            let case = match &target.server {
+            let case = match target.client(token) {
                 Some(server) => {
-                    let body = json!({ "actor": target.actor() });
+                    let mut body = json!({});
+                    target.claim_actor(&mut body);
                     let path = format!("/v1/cases/{id}/tasks/{task_id}/done");
-                    serde_json::from_value(request(server, "POST", &path, &[], Some(body)).await?)?
+                    serde_json::from_value(
+                        server.send(Method::POST, &path, &[], Some(body)).await?,
+                    )?
                 }
                 None => local_service(config)?.complete_task(
                     id,
@@ -365,41 +410,6 @@ fn query_pairs(query: &Value) -> Vec<(String, String)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Sends a request to the daemon at `server` and returns the JSON body. A
-/// response that is not a success becomes an error with the daemon's
-/// message.
-async fn request(
-    server: &str,
-    method: &str,
-    path: &str,
-    query: &[(String, String)],
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let url = format!("{}{path}", server.trim_end_matches('/'));
-    let method = reqwest::Method::from_bytes(method.as_bytes())?;
-    let mut builder = reqwest::Client::new().request(method, &url).query(query);
-    if let Some(body) = body {
-        builder = builder
-            .header("content-type", "application/json")
-            .body(serde_json::to_vec(&body)?);
-    }
-    let response = builder.send().await.with_context(|| {
-        format!("cannot reach the daemon at {server}; is `palisade serve` running?")
-    })?;
-    let status = response.status();
-    let text = response.text().await?;
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{url} returned {status} with a body that is not JSON"))?;
-    if !status.is_success() {
-        let message = value
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or(&text);
-        anyhow::bail!("the daemon rejected the request ({status}): {message}");
-    }
-    Ok(value)
 }
 
 fn time(at: DateTime<Utc>) -> String {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use palisade_model::{DURATION_FORMS, Severity, SlaPolicy, parse_duration};
 use palisade_runtime::{Grant, Policy, SecretSource, SecretValue};
+use palisade_signing::{KeyError, PublicKey, Trust, TrustedKey};
 use palisade_store::Store;
 use serde::Deserialize;
 
@@ -60,6 +61,11 @@ pub struct Config {
     pub sla: SlaConfig,
     #[serde(default)]
     pub correlation: CorrelationConfig,
+    #[serde(default)]
+    pub trust: TrustConfig,
+    /// `[api]`: tokens, TLS and webhooks of the HTTP API.
+    #[serde(default)]
+    pub api: crate::api_config::ApiConfig,
 }
 
 /// A duration as written in the file: text such as `"15m"`, or the number
@@ -159,6 +165,22 @@ pub struct CorrelationConfig {
     pub window: Option<DurationSetting>,
 }
 
+/// `[trust]`: the keys whose plugin signatures the host accepts.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Public key files (`palisade-ed25519-public:...`), relative to the
+    /// configuration file. A key's name in messages is its file stem.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
+    /// Accept plugins without a signature, for development only, since any
+    /// component in `plugins_dir` then runs, from any author. This waives
+    /// only [`palisade_signing::TrustError::Missing`]: a signature that is
+    /// present must still verify.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+}
+
 /// Correlation window when `[correlation] window` is not set.
 pub const DEFAULT_CORRELATION_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -204,6 +226,8 @@ impl Default for Config {
             plugins: BTreeMap::new(),
             sla: SlaConfig::default(),
             correlation: CorrelationConfig::default(),
+            trust: TrustConfig::default(),
+            api: crate::api_config::ApiConfig::default(),
         }
     }
 }
@@ -238,10 +262,19 @@ impl Config {
         config.correlation.window().map_err(|error| {
             anyhow::anyhow!("invalid configuration file {}: {error}", path.display())
         })?;
+        config.api.check(&config.secrets).map_err(|error| {
+            anyhow::anyhow!("invalid configuration file {}: {error}", path.display())
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let secret_files = config.secrets.values_mut().filter_map(|s| s.file.as_mut());
         let cache_dir = config.cache_dir.as_mut();
         let key_file = config.secret_key_file.as_mut();
+        let trusted_keys = config.trust.keys.iter_mut();
+        let tls_files = config
+            .api
+            .tls
+            .iter_mut()
+            .flat_map(|tls| [&mut tls.cert, &mut tls.key]);
         let dirs = [
             &mut config.data_dir,
             &mut config.plugins_dir,
@@ -252,6 +285,8 @@ impl Config {
             .chain(cache_dir)
             .chain(key_file)
             .chain(secret_files)
+            .chain(trusted_keys)
+            .chain(tls_files)
         {
             if path.is_relative() {
                 *path = base.join(&*path);
@@ -265,6 +300,12 @@ impl Config {
         self.cache_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("cache"))
+    }
+
+    /// Returns the directory of installed plugin versions, under the data
+    /// directory.
+    pub fn plugin_store_dir(&self) -> PathBuf {
+        self.data_dir.join("plugins")
     }
 
     /// Returns the grant for plugin `name`: its entry, or nothing.
@@ -293,6 +334,29 @@ impl Config {
         let key = MasterKey::require(self.secret_key_file.as_deref())
             .with_context(|| format!("stored secrets {stored_names:?} need the secret key"))?;
         Ok(Some(key))
+    }
+
+    /// Reads the public key files of `[trust] keys`. Each key is named
+    /// after its file stem.
+    pub fn trust(&self) -> anyhow::Result<Trust> {
+        let mut keys = Vec::with_capacity(self.trust.keys.len());
+        for path in &self.trust.keys {
+            let key = PublicKey::read_file(path).map_err(|error| match &error {
+                KeyError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    anyhow::anyhow!(
+                        "trusted key file {} in `[trust] keys` does not exist; `cargo xtask build-plugins` creates the development key, or fix the path",
+                        path.display()
+                    )
+                }
+                _ => anyhow::Error::new(error).context("cannot load `[trust] keys`"),
+            })?;
+            let name = path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string());
+            keys.push(TrustedKey { name, key });
+        }
+        Ok(Trust { keys })
     }
 }
 
@@ -516,5 +580,67 @@ mod tests {
         );
         assert!(error.contains("correlation.window"), "{error}");
         assert!(error.contains("\"soon\""), "{error}");
+    }
+
+    #[test]
+    fn trust_keys_load_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, public_path) =
+            palisade_signing::write_key_pair(&dir.path().join("keys"), "acme").unwrap();
+        let path = dir.path().join("palisade.toml");
+        std::fs::write(&path, "[trust]\nkeys = [\"keys/acme.pub\"]\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.trust.keys, std::slice::from_ref(&public_path));
+        assert!(
+            !config.trust.allow_unsigned,
+            "unsigned plugins are rejected by default"
+        );
+
+        let trust = config.trust().unwrap();
+        assert_eq!(trust.keys.len(), 1);
+        assert_eq!(trust.keys[0].name, "acme");
+        assert_eq!(
+            trust.keys[0].key,
+            palisade_signing::PublicKey::read_file(&public_path).unwrap()
+        );
+        assert!(Config::default().trust().unwrap().keys.is_empty());
+    }
+
+    #[test]
+    fn trust_key_errors_name_the_file_and_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("palisade.toml");
+        std::fs::write(&path, "[trust]\nkeys = [\"missing.pub\"]\n").unwrap();
+        let error = format!(
+            "{:#}",
+            Config::load(Some(&path)).unwrap().trust().unwrap_err()
+        );
+        assert!(
+            error.contains(&dir.path().join("missing.pub").display().to_string()),
+            "{error}"
+        );
+        assert!(error.contains("cargo xtask build-plugins"), "{error}");
+
+        let (secret_path, _) = palisade_signing::write_key_pair(dir.path(), "author").unwrap();
+        std::fs::write(&path, "[trust]\nkeys = [\"author.key\"]\n").unwrap();
+        let error = format!(
+            "{:#}",
+            Config::load(Some(&path)).unwrap().trust().unwrap_err()
+        );
+        assert!(
+            error.contains(&secret_path.display().to_string()),
+            "{error}"
+        );
+        assert!(error.contains("this is a secret key"), "{error}");
+    }
+
+    #[test]
+    fn trust_section_parses_allow_unsigned_and_rejects_typos() {
+        let config = load_text("[trust]\nallow_unsigned = true\n").unwrap();
+        assert!(config.trust.allow_unsigned);
+        assert!(config.trust.keys.is_empty());
+        let error = format!("{:#}", load_text("[trust]\nkey = []\n").unwrap_err());
+        assert!(error.contains("key"), "{error}");
+        assert!(error.contains("unknown field"), "{error}");
     }
 }

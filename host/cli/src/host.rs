@@ -10,12 +10,12 @@ use palisade_runtime::{CallContext, KeyValueStore, Runtime, RuntimeConfig};
 use palisade_store::{SledStore, Store};
 use serde_json::Value;
 
-use crate::audit_cmd::{PluginIdentity, audit_plugins};
 use crate::config::{Config, ConfiguredSecrets};
+use crate::registry::Registry;
 
 /// The engine's view of the sandboxed runtime.
 pub struct RuntimeCaller {
-    pub runtime: Runtime,
+    pub runtime: Arc<Runtime>,
 }
 
 impl PluginCaller for RuntimeCaller {
@@ -31,6 +31,7 @@ impl PluginCaller for RuntimeCaller {
             run_id: run_id.to_string(),
             step_id: step_id.to_string(),
             idempotency_key: call.idempotency_key.map(str::to_string),
+            version: call.version.map(str::to_string),
         };
         let (result, report) = match self.runtime.invoke(plugin, action, input, &context).await {
             Ok(call) => (Ok(call.output), call.report),
@@ -50,6 +51,12 @@ impl PluginCaller for RuntimeCaller {
             logs: serde_json::to_value(&report.logs).unwrap_or_default(),
             http_calls: serde_json::to_value(&report.http_calls).unwrap_or_default(),
         }
+    }
+
+    fn resolve(&self, plugin: &str, requirement: Option<&semver::VersionReq>) -> Option<String> {
+        self.runtime
+            .resolve(plugin, requirement)
+            .map(|loaded| loaded.info.version.clone())
     }
 
     fn actions(&self, plugin: &str) -> Option<Vec<String>> {
@@ -121,6 +128,7 @@ pub struct Host {
     pub store: Arc<SledStore>,
     pub engine: Engine<RuntimeCaller>,
     pub caller: Arc<RuntimeCaller>,
+    pub registry: Arc<Registry>,
 }
 
 /// Opens the database at the configured data directory, with the
@@ -143,28 +151,47 @@ pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<
     let store = open_store(config)?;
     let kv: Arc<dyn KeyValueStore> = Arc::new(StoreKeyValue(store.clone()));
     let secrets = ConfiguredSecrets::new(config, secret_key, store.clone());
-    let runtime = Runtime::new(
+    let runtime = Arc::new(Runtime::new(
         RuntimeConfig {
             cache_dir: Some(config.cache_dir()),
         },
         Some(kv),
         Some(Arc::new(secrets)),
-    )?;
+    )?);
     if !config.plugins_dir.is_dir() {
         anyhow::bail!(
             "plugin directory {} does not exist; build the plugins with `cargo xtask build-plugins` or set `plugins_dir` in palisade.toml",
             config.plugins_dir.display()
         );
     }
-    let loaded = runtime
-        .load_dir(&config.plugins_dir, |name| config.grant(name))
-        .await?;
-    tracing::info!(count = loaded.len(), dir = %config.plugins_dir.display(), "plugins loaded");
-    let identities: Vec<PluginIdentity> =
-        loaded.iter().map(|plugin| plugin.as_ref().into()).collect();
-    audit_plugins(store.as_ref(), &identities)?;
-
     let playbooks = load_playbooks(playbooks.unwrap_or(&config.playbooks_dir))?;
+    let registry = Arc::new(Registry::new(
+        store.clone(),
+        runtime.clone(),
+        config.plugin_store_dir(),
+        config.trust()?,
+        config.trust.allow_unsigned,
+        config.plugins.clone(),
+    ));
+    registry.set_playbooks(&playbooks);
+    // Versions installed before come first, so a plugin directory that
+    // still holds an older file does not undo a swap or a rollback.
+    registry.load_stored().await?;
+    let mut installed = 0;
+    for path in palisade_runtime::wasm_files(&config.plugins_dir)? {
+        let report = registry
+            .install_file(&path, "directory")
+            .await
+            .with_context(|| format!("cannot install plugin {}", path.display()))?;
+        installed += usize::from(report.is_some());
+    }
+    tracing::info!(
+        loaded = runtime.plugins().len(),
+        installed,
+        dir = %config.plugins_dir.display(),
+        "plugins loaded"
+    );
+
     let caller = Arc::new(RuntimeCaller { runtime });
     let store_dyn: Arc<dyn Store> = store.clone();
     let engine = Engine::new(store_dyn, caller.clone(), playbooks)?;
@@ -172,6 +199,7 @@ pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<
         store,
         engine,
         caller,
+        registry,
     })
 }
 
@@ -229,14 +257,27 @@ pub async fn build_runtime_only(config: &Config) -> anyhow::Result<Runtime> {
         None,
         None,
     )?;
-    runtime
-        .load_dir(&config.plugins_dir, |name| config.grant(name))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot load plugins from {}; build them with `cargo xtask build-plugins`",
-                config.plugins_dir.display()
-            )
-        })?;
+    let context = || {
+        format!(
+            "cannot load plugins from {}; build them with `cargo xtask build-plugins`",
+            config.plugins_dir.display()
+        )
+    };
+    let trust = config.trust()?;
+    for path in palisade_runtime::wasm_files(&config.plugins_dir).with_context(context)? {
+        let bytes = std::fs::read(&path).with_context(context)?;
+        let detached = std::fs::read_to_string(palisade_signing::signature_path(&path)).ok();
+        match trust.verify(&bytes, detached.as_deref()) {
+            Ok(_) => {}
+            Err(palisade_signing::TrustError::Missing) if config.trust.allow_unsigned => {}
+            Err(error) => anyhow::bail!("plugin {} is refused: {error}", path.display()),
+        }
+        let (unsigned, _) = palisade_signing::split(&bytes)?;
+        let loaded = runtime
+            .prepare(unsigned, &path, |name| config.grant(name))
+            .await
+            .with_context(context)?;
+        runtime.publish(loaded)?;
+    }
     Ok(runtime)
 }

@@ -2,7 +2,11 @@
 //! cases, runs and plugins. Commands parse arguments and format output; the
 //! work happens in the engine they share with the HTTP API.
 
+mod api_client;
+pub mod api_config;
+mod api_error;
 pub mod audit_cmd;
+pub mod auth;
 pub mod bench;
 mod case_api;
 pub mod case_cmd;
@@ -10,10 +14,19 @@ pub mod config;
 mod export_cmd;
 pub mod host;
 mod output;
+mod playbook_api;
 mod playbook_test;
+mod plugin_api;
+mod plugin_cmd;
+pub mod registry;
 mod run_cmd;
 pub mod secrets;
 pub mod server;
+pub mod sign_cmd;
+mod tls;
+mod token_api;
+mod token_cmd;
+pub mod webhook;
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -47,6 +60,12 @@ pub struct Cli {
     /// Log debug detail to standard error.
     #[arg(long, short, global = true)]
     pub verbose: bool,
+
+    /// API token (`pal_...`) sent to the daemon by commands given
+    /// `--server`. The environment variable keeps it out of the process
+    /// list.
+    #[arg(long, global = true, env = "PALISADE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -108,9 +127,11 @@ pub enum Command {
         run_id: String,
         #[arg(long, value_parser = ["retry", "skip", "fail"])]
         decision: String,
-        /// Who decides, recorded in the case timeline.
-        #[arg(long = "as", default_value = "cli")]
-        actor: String,
+        /// Who decides, recorded in the case timeline; `cli` by default. Through
+        /// a daemon the actor is the name of the API token, and a different
+        /// name here is rejected.
+        #[arg(long = "as")]
+        actor: Option<String>,
         /// Send the decision to a running daemon at this URL instead of
         /// opening the database.
         #[arg(long)]
@@ -141,9 +162,10 @@ pub enum Command {
         #[arg(long)]
         item: Option<u32>,
         /// Who answers; must be one of the approval's approvers when it
-        /// names them.
-        #[arg(long = "as", default_value = "cli")]
-        actor: String,
+        /// names them. `cli` by default. Through a daemon the actor is the
+        /// name of the API token, and a different name here is rejected.
+        #[arg(long = "as")]
+        actor: Option<String>,
         /// Send the answer to a running daemon at this URL instead of
         /// opening the database.
         #[arg(long)]
@@ -182,6 +204,11 @@ pub enum Command {
     Secret {
         #[command(subcommand)]
         command: SecretCommand,
+    },
+    /// Create, list and revoke the tokens of the HTTP API.
+    Token {
+        #[command(subcommand)]
+        command: token_cmd::TokenCommand,
     },
     /// Measure per-step overhead against a bare wasmtime instantiate and call.
     Bench(bench::BenchArgs),
@@ -287,6 +314,66 @@ pub enum PluginCommand {
     List,
     /// Show a plugin's actions and its requested versus granted capabilities.
     Show { name: String },
+    /// Install a plugin component after checking its signature, its
+    /// world, its imports and its description, and make it active. Runs
+    /// in flight keep the version they started with.
+    Install {
+        file: PathBuf,
+        /// Detached signature file; `FILE.sig` is used when present.
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// Install without making it active.
+        #[arg(long)]
+        stage: bool,
+        /// Daemon to install into, such as http://127.0.0.1:8470;
+        /// without it, the database is changed directly.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an installed version active.
+    Activate {
+        name: String,
+        version: String,
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Make the version active before the current one active again.
+    Rollback {
+        name: String,
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// List a plugin's installs, activations and rollbacks.
+    History {
+        name: String,
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an ed25519 key pair for signing plugins: NAME.key (secret,
+    /// mode 0600) and NAME.pub (for operators' `[trust] keys`).
+    Keygen {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Sign a plugin component: writes FILE.sig, or with --embed adds the
+    /// signature to the component itself.
+    Sign {
+        file: PathBuf,
+        /// Secret key file from `palisade plugin keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        embed: bool,
+        /// Where --embed writes the signed component; default in place.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 /// Runs the parsed command.
@@ -295,11 +382,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(data_dir) = cli.data_dir {
         config.data_dir = data_dir;
     }
+    let token = cli.token.as_deref();
+    let client =
+        |server: Option<String>| server.map(|server| api_client::ApiClient::new(&server, token));
     match cli.command {
         Command::Run {
             show: Some(RunCommand::Show { id, server, json }),
             ..
-        } => run_cmd::show(&config, &id, server.as_deref(), json).await,
+        } => run_cmd::show(&config, &id, client(server).as_ref(), json).await,
         Command::Run {
             show: None,
             playbook,
@@ -312,10 +402,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             server::serve(&config, listen, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cases(args) => case_cmd::cases(&config, args).await,
-        Command::Case { command } => case_cmd::case(&config, command).await,
+        Command::Cases(args) => case_cmd::cases(&config, args, token).await,
+        Command::Case { command } => case_cmd::case(&config, command, token).await,
         Command::Runs { id, server, json } => {
-            output::runs(&config, id.as_deref(), server.as_deref(), json).await
+            output::runs(&config, id.as_deref(), client(server).as_ref(), json).await
         }
         Command::Resume {
             run_id,
@@ -327,10 +417,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // clap accepts only the three names `parse` accepts.
             let decision = palisade_engine::ParkedDecision::parse(&decision)
                 .with_context(|| format!("unknown decision {decision:?}"))?;
-            run_cmd::resume(&config, &run_id, decision, &actor, server.as_deref(), json).await
+            let server = client(server);
+            run_cmd::resume(
+                &config,
+                &run_id,
+                decision,
+                actor.as_deref(),
+                server.as_ref(),
+                json,
+            )
+            .await
         }
         Command::Approvals { server, json } => {
-            run_cmd::approvals(&config, server.as_deref(), json).await
+            run_cmd::approvals(&config, client(server).as_ref(), json).await
         }
         Command::Approve {
             run_id,
@@ -348,21 +447,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?,
                 None => Value::Null,
             };
-            let answer = palisade_engine::Answer {
+            let answer = run_cmd::ApprovalAnswer {
+                run_id,
+                step_id,
+                item,
                 approve: decision == "approve",
                 response,
                 actor,
             };
-            run_cmd::approve(
-                &config,
-                &run_id,
-                &step_id,
-                item,
-                answer,
-                server.as_deref(),
-                json,
-            )
-            .await
+            run_cmd::approve(&config, answer, client(server).as_ref(), json).await
         }
         Command::Playbook {
             command: PlaybookCommand::Check { paths },
@@ -390,8 +483,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::Plugin { command } => plugin_command(&config, command).await,
-        Command::Quota { server, json } => output::quotas(&config, server.as_deref(), json).await,
+        Command::Plugin { command } => plugin_command(&config, command, token).await,
+        Command::Quota { server, json } => {
+            output::quotas(&config, client(server).as_ref(), json).await
+        }
         Command::Intel { files } => {
             let host = host::build(&config, None).await?;
             load_intel(&host, &files).await?;
@@ -399,6 +494,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Secret { command } => secret_command(&config, command),
+        Command::Token { command } => token_cmd::run(&config, command, token).await,
         Command::Audit { command } => audit_cmd::run(&config, command),
         Command::Export { out } => export_cmd::export(&config, out.as_deref()),
         Command::Import { file } => export_cmd::import(&config, &file),
@@ -609,6 +705,7 @@ async fn load_intel(host: &host::Host, files: &[PathBuf]) -> anyhow::Result<()> 
             run_id: "intel-load".into(),
             step_id: source.clone(),
             idempotency_key: None,
+            version: None,
         };
         let result = host
             .caller
@@ -647,7 +744,7 @@ async fn check_playbooks(config: &Config, paths: &[PathBuf]) -> anyhow::Result<E
         );
     }
     let caller = host::RuntimeCaller {
-        runtime: host::build_runtime_only(config).await?,
+        runtime: std::sync::Arc::new(host::build_runtime_only(config).await?),
     };
     let diagnostics = palisade_engine::check_files(&files, &caller);
     for diagnostic in &diagnostics {
@@ -669,7 +766,57 @@ async fn check_playbooks(config: &Config, paths: &[PathBuf]) -> anyhow::Result<E
     })
 }
 
-async fn plugin_command(config: &Config, command: PluginCommand) -> anyhow::Result<ExitCode> {
+async fn plugin_command(
+    config: &Config,
+    command: PluginCommand,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let client =
+        |server: Option<String>| server.map(|server| api_client::ApiClient::new(&server, token));
+    match command {
+        PluginCommand::Install {
+            file,
+            signature,
+            stage,
+            server,
+            json,
+        } => {
+            return plugin_cmd::install(
+                config,
+                &file,
+                signature.as_deref(),
+                stage,
+                client(server),
+                json,
+            )
+            .await;
+        }
+        PluginCommand::Activate {
+            name,
+            version,
+            server,
+        } => return plugin_cmd::activate(config, &name, &version, client(server)).await,
+        PluginCommand::Rollback { name, server } => {
+            return plugin_cmd::rollback(config, &name, client(server)).await;
+        }
+        PluginCommand::History { name, server, json } => {
+            return plugin_cmd::history(config, &name, client(server), json).await;
+        }
+        PluginCommand::Keygen { dir, name } => {
+            sign_cmd::keygen(&dir, &name)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        PluginCommand::Sign {
+            file,
+            key,
+            embed,
+            output,
+        } => {
+            sign_cmd::sign(&file, &key, embed, output.as_deref())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        PluginCommand::List | PluginCommand::Show { .. } => {}
+    }
     let host = host::build_runtime_only(config).await?;
     match command {
         PluginCommand::List => {
@@ -696,6 +843,7 @@ async fn plugin_command(config: &Config, command: PluginCommand) -> anyhow::Resu
             })?;
             print!("{}", output::plugin_detail(&plugin));
         }
+        _ => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ use palisade_runtime::{CountStatus, LoadedPlugin, PluginQuotaStatus, RuleStatus}
 use palisade_store::Store;
 use serde_json::Value;
 
+use crate::api_client::ApiClient;
 use crate::config::Config;
 
 /// Replaces control characters, which an alert can carry to a terminal as
@@ -369,7 +370,7 @@ fn list(items: &[String]) -> String {
 pub async fn runs(
     config: &Config,
     id: Option<&str>,
-    server: Option<&str>,
+    server: Option<&ApiClient>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let runs: Vec<RunRecord> = match server {
@@ -399,17 +400,17 @@ fn not_found(what: &str, id: &str) -> String {
 /// Reads `/v1/{collection}` from a daemon, or one record of it when `id` is
 /// given.
 async fn fetch_records<T: serde::de::DeserializeOwned>(
-    server: &str,
+    server: &ApiClient,
     collection: &str,
     id: Option<&str>,
 ) -> anyhow::Result<Vec<T>> {
     match id {
         Some(id) => {
-            let body = fetch(server, &format!("/v1/{collection}/{id}")).await?;
+            let body = server.get(&format!("/v1/{collection}/{id}")).await?;
             Ok(vec![serde_json::from_value(body)?])
         }
         None => {
-            let body = fetch(server, &format!("/v1/{collection}")).await?;
+            let body = server.get(&format!("/v1/{collection}")).await?;
             Ok(serde_json::from_value(body)?)
         }
     }
@@ -472,9 +473,13 @@ fn quota_row(plugin: &str, rule: &RuleStatus) -> String {
 
 /// `palisade quota`: the live state from a daemon with `server`, or else
 /// the counts stored in the database.
-pub async fn quotas(config: &Config, server: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn quotas(
+    config: &Config,
+    server: Option<&ApiClient>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let quotas: Vec<PluginQuotaStatus> = match server {
-        Some(server) => serde_json::from_value(fetch(server, "/v1/quotas").await?)?,
+        Some(server) => serde_json::from_value(server.get("/v1/quotas").await?)?,
         None => {
             let host = crate::host::build(config, None).await?;
             host.caller.runtime.quotas().status()
@@ -486,19 +491,6 @@ pub async fn quotas(config: &Config, server: Option<&str>, json: bool) -> anyhow
         print!("{}", quota_table(&quotas));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn fetch(server: &str, path: &str) -> anyhow::Result<Value> {
-    let url = format!("{}{path}", server.trim_end_matches('/'));
-    let response = reqwest::get(&url).await.with_context(|| {
-        format!("cannot reach the daemon at {server}; is `palisade serve` running?")
-    })?;
-    let status = response.status();
-    let text = response.text().await?;
-    if !status.is_success() {
-        anyhow::bail!("{url} returned {status}: {text}");
-    }
-    serde_json::from_str(&text).with_context(|| format!("{url} returned invalid JSON"))
 }
 
 #[cfg(test)]

@@ -7,32 +7,40 @@ use anyhow::Context;
 use palisade_engine::{Answer, ParkedDecision};
 use palisade_model::RunRecord;
 use palisade_store::Store;
+use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::api_client::ApiClient;
 use crate::config::Config;
 use crate::host;
 use crate::output::{printable_lines, run_detail};
 
+/// Who decides when `--as` is not given and the database is opened
+/// directly. Through a daemon, the actor is the name of the API token.
+pub const LOCAL_ACTOR: &str = "cli";
+
 /// Applies `decision` to parked run `run_id`, on the database or through
-/// the daemon at `server`, and prints the run as it is afterwards.
+/// the daemon at `server`, and prints the run as it is afterwards. `actor`
+/// is who decides; through a daemon it must be the token's name.
 pub async fn resume(
     config: &Config,
     run_id: &str,
     decision: ParkedDecision,
-    actor: &str,
-    server: Option<&str>,
+    actor: Option<&str>,
+    server: Option<&ApiClient>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let run: RunRecord = match server {
         Some(server) => {
-            let url = format!("{}/v1/runs/{run_id}/resume", server.trim_end_matches('/'));
-            let request = reqwest::Client::new()
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(json!({ "decision": decision.as_str(), "actor": actor }).to_string());
-            serde_json::from_value(send(request, &url, server).await?)?
+            let path = format!("/v1/runs/{run_id}/resume");
+            let mut body = json!({ "decision": decision.as_str() });
+            if let Some(actor) = actor {
+                body["actor"] = json!(actor);
+            }
+            serde_json::from_value(server.send(Method::POST, &path, &[], Some(body)).await?)?
         }
         None => {
+            let actor = actor.unwrap_or(LOCAL_ACTOR);
             let host = host::build(config, None).await?;
             if host.store.run(run_id)?.is_none() {
                 anyhow::bail!("run {run_id:?} not found; `palisade runs` lists them");
@@ -53,14 +61,11 @@ pub async fn resume(
 /// Lists the open approvals, from the database or the daemon at `server`.
 pub async fn approvals(
     config: &Config,
-    server: Option<&str>,
+    server: Option<&ApiClient>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let pending: Vec<Value> = match server {
-        Some(server) => {
-            let url = format!("{}/v1/approvals", server.trim_end_matches('/'));
-            serde_json::from_value(send(reqwest::Client::new().get(&url), &url, server).await?)?
-        }
+        Some(server) => serde_json::from_value(server.get("/v1/approvals").await?)?,
         None => {
             let host = host::build(config, None).await?;
             serde_json::from_value(serde_json::to_value(host.engine.pending_approvals()?)?)?
@@ -101,39 +106,58 @@ pub async fn approvals(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Answers approval `step_id` of run `run_id` and prints the run after.
+/// An answer to an approval, as `palisade approve` takes it.
+pub struct ApprovalAnswer {
+    pub run_id: String,
+    pub step_id: String,
+    /// Item position, for an approval inside a `for_each` step.
+    pub item: Option<u32>,
+    pub approve: bool,
+    pub response: Value,
+    /// Who answers, from `--as`. Through a daemon it must be the token's
+    /// name, which is the default there; on the database the default is
+    /// [`LOCAL_ACTOR`].
+    pub actor: Option<String>,
+}
+
+/// Answers an approval and prints the run after.
 pub async fn approve(
     config: &Config,
-    run_id: &str,
-    step_id: &str,
-    item: Option<u32>,
-    answer: Answer,
-    server: Option<&str>,
+    answer: ApprovalAnswer,
+    server: Option<&ApiClient>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let ApprovalAnswer {
+        run_id,
+        step_id,
+        item,
+        approve,
+        response,
+        actor,
+    } = answer;
     let run: RunRecord = match server {
         Some(server) => {
-            let url = format!(
-                "{}/v1/approvals/{run_id}/{step_id}",
-                server.trim_end_matches('/')
-            );
-            let body = json!({
-                "decision": if answer.approve { "approve" } else { "reject" },
-                "response": answer.response,
-                "actor": answer.actor,
+            let path = format!("/v1/approvals/{run_id}/{step_id}");
+            let mut body = json!({
+                "decision": if approve { "approve" } else { "reject" },
+                "response": response,
                 "item": item,
             });
-            let request = reqwest::Client::new()
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body.to_string());
-            serde_json::from_value(send(request, &url, server).await?)?
+            if let Some(actor) = actor {
+                body["actor"] = json!(actor);
+            }
+            serde_json::from_value(server.send(Method::POST, &path, &[], Some(body)).await?)?
         }
         None => {
             let host = host::build(config, None).await?;
+            let answer = Answer {
+                approve,
+                response,
+                actor: actor.unwrap_or_else(|| LOCAL_ACTOR.to_string()),
+            };
             let run = host
                 .engine
-                .answer_approval(run_id, step_id, item, answer)
+                .answer_approval(&run_id, &step_id, item, answer)
                 .await?;
             host.store.flush()?;
             run
@@ -147,24 +171,11 @@ pub async fn approve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Sends `request` to the daemon and returns the JSON body of a success.
-async fn send(request: reqwest::RequestBuilder, url: &str, server: &str) -> anyhow::Result<Value> {
-    let response = request.send().await.with_context(|| {
-        format!("cannot reach the daemon at {server}; is `palisade serve` running?")
-    })?;
-    let status = response.status();
-    let text = response.text().await?;
-    if !status.is_success() {
-        anyhow::bail!("{url} returned {status}: {text}");
-    }
-    serde_json::from_str(&text).with_context(|| format!("{url} returned invalid JSON"))
-}
-
 /// Prints the timeline of run `id` with the runs of its sub-playbooks.
 pub async fn show(
     config: &Config,
     id: &str,
-    server: Option<&str>,
+    server: Option<&ApiClient>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut runs: Vec<RunRecord> = Vec::new();
@@ -176,8 +187,7 @@ pub async fn show(
     while let Some(next) = pending.pop() {
         let run: RunRecord = match (server, &store) {
             (Some(server), _) => {
-                let url = format!("{}/v1/runs/{next}", server.trim_end_matches('/'));
-                serde_json::from_value(send(reqwest::Client::new().get(&url), &url, server).await?)?
+                serde_json::from_value(server.get(&format!("/v1/runs/{next}")).await?)?
             }
             (None, Some(store)) => store
                 .run(&next)?

@@ -4,6 +4,11 @@
 //! `POST /v1/alerts` responds only after the alerts are stored and flushed to
 //! disk. Runs happen afterwards on worker tasks; an alert whose runs had not
 //! finished when the daemon stopped is resumed at the next start.
+//!
+//! Every route is listed in [`crate::auth::ROUTES`] with the permission it
+//! needs; a route added here needs its line there too, or only admin
+//! tokens can use it. The OpenAPI document, [`OPENAPI_DOCUMENT`], describes
+//! every route of that table.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,22 +16,30 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router, middleware};
 use palisade_engine::{CaseService, Engine, EngineError, ParkedDecision};
 use palisade_model::{Alert, parse_alert_bytes};
+use palisade_runtime::SecretSource;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::config::Config;
+pub(crate) use crate::api_error::{ApiError, internal};
+use crate::api_error::{Body, ErrorCode, MAX_ALERT_BODY_BYTES, MAX_BODY_BYTES};
+use crate::auth::{self, Identity};
+use crate::config::{Config, ConfiguredSecrets};
 use crate::host::{self, RuntimeCaller};
+use crate::plugin_api;
+use crate::playbook_api::{self, PlaybookCatalog, PlaybookState};
+use crate::token_api::{self, TokenRegistry, TokenState};
+use crate::webhook::Webhooks;
 
-/// Maximum request body of an alert batch, in bytes.
-const MAX_BODY_BYTES: usize = 16 << 20;
+/// The OpenAPI 3.1 document of the API, served at `GET /v1/openapi.json`.
+pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
+
 /// Alerts waiting for a worker; ingest waits when the queue is full.
 const QUEUE_CAPACITY: usize = 10_000;
 /// Worker tasks running playbooks.
@@ -46,6 +59,16 @@ struct AppState {
     caller: Arc<RuntimeCaller>,
     queue: mpsc::Sender<Work>,
     cases: Arc<CaseService>,
+    tokens: Arc<TokenRegistry>,
+    webhooks: Webhooks,
+    playbooks: Arc<PlaybookCatalog>,
+    registry: Arc<crate::registry::Registry>,
+}
+
+impl axum::extract::FromRef<Arc<AppState>> for crate::plugin_api::PluginState {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        Self(state.registry.clone())
+    }
 }
 
 impl axum::extract::FromRef<Arc<AppState>> for crate::case_api::CaseState {
@@ -54,14 +77,35 @@ impl axum::extract::FromRef<Arc<AppState>> for crate::case_api::CaseState {
     }
 }
 
+impl axum::extract::FromRef<Arc<AppState>> for TokenState {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        Self(state.tokens.clone())
+    }
+}
+
+impl axum::extract::FromRef<Arc<AppState>> for PlaybookState {
+    fn from_ref(state: &Arc<AppState>) -> Self {
+        Self(state.playbooks.clone())
+    }
+}
+
 /// Runs the daemon on `listen` until `shutdown` completes. Prints
 /// `listening on ADDRESS` to standard output once the socket is bound.
+/// With `[api.tls]` the daemon serves HTTPS only.
 pub async fn serve(
     config: &Config,
     listen: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let sla = config.sla.policy().map_err(anyhow::Error::msg)?;
+    // TLS files are read before anything starts, so a bad path fails at
+    // once.
+    let tls = config
+        .api
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
     let host = host::build(config, None).await?;
     let engine = Arc::new(host.engine);
 
@@ -97,36 +141,59 @@ pub async fn serve(
     }
     let timers = tokio::spawn(wake_due_runs(engine.clone(), queue.downgrade()));
 
+    let tokens = Arc::new(TokenRegistry::new(host.store.clone(), config.api.tokens()));
+    if tokens.is_empty()? {
+        tracing::warn!(
+            "no API token exists, so every route but /v1/health, /v1/openapi.json and signed webhooks answers 401; stop the daemon and run `{}`",
+            auth::CREATE_ADMIN_HINT
+        );
+    }
+    let secrets: Arc<dyn SecretSource> = Arc::new(ConfiguredSecrets::new(
+        config,
+        config.stored_secrets_key()?,
+        engine.store().clone(),
+    ));
     let state = Arc::new(AppState {
         engine: engine.clone(),
         caller: host.caller.clone(),
         queue,
         cases: Arc::new(CaseService::new(engine.store().clone(), sla)),
+        tokens: tokens.clone(),
+        webhooks: Webhooks::new(&config.api, secrets),
+        playbooks: Arc::new(PlaybookCatalog::new(
+            engine.playbooks(),
+            host.caller.clone(),
+        )),
+        registry: host.registry.clone(),
     });
-    let app = Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/alerts", post(ingest))
-        .route("/v1/runs", get(list_runs))
-        .route("/v1/runs/{id}", get(show_run))
-        .route("/v1/runs/{id}/resume", post(resume_parked_run))
-        .route("/v1/approvals", get(list_approvals))
-        .route("/v1/approvals/{run}/{step}", post(answer_approval))
-        .route("/v1/quotas", get(list_quotas))
-        .merge(crate::case_api::routes())
-        .fallback(unknown_route)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state);
+    let app = router(state, tokens);
+    // Operators who deploy by copying files into the plugin directory get
+    // each new file installed as `palisade plugin install` would.
+    let _watcher = crate::registry::watch_directory(host.registry.clone(), config.plugins_dir.clone())
+        .with_context(|| format!("cannot watch plugin directory {}", config.plugins_dir.display()))?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; is another daemon running there?"))?;
     let address = listener.local_addr()?;
     println!("listening on {address}");
-    tracing::info!(%address, "daemon started");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    tracing::info!(%address, tls = tls.is_some(), "daemon started");
+    if tls.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(%address, "serving plain HTTP on a non-loopback address, so bearer tokens cross the network unencrypted; set `[api.tls]`");
+    }
+    match tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+    }
 
     // Dropping the router dropped the last sender, so the workers finish
     // the queued alerts and stop. Waiting runs stay stored for the next
@@ -204,54 +271,82 @@ async fn wake_due_runs(engine: Arc<Engine<RuntimeCaller>>, queue: mpsc::WeakSend
     }
 }
 
-pub(crate) struct ApiError {
-    pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
-    pub(crate) message: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
-    }
-}
-
-pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
-    tracing::error!(%error, "request failed");
-    ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        code: "internal",
-        message: error.to_string(),
-    }
+/// Builds the router: every route with its handler, the permission check
+/// of [`auth::authenticate`] around all of them, and the body limits. The
+/// alert routes take up to [`MAX_ALERT_BODY_BYTES`], every other route
+/// [`MAX_BODY_BYTES`].
+fn router(state: Arc<AppState>, tokens: Arc<TokenRegistry>) -> Router {
+    let alert_limit = DefaultBodyLimit::max(MAX_ALERT_BODY_BYTES);
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi_document))
+        .route("/v1/alerts", post(ingest).layer(alert_limit))
+        .route(
+            "/v1/webhooks/{source}",
+            post(receive_webhook).layer(alert_limit),
+        )
+        .route("/v1/runs", get(list_runs))
+        .route("/v1/runs/{id}", get(show_run))
+        .route("/v1/runs/{id}/resume", post(resume_parked_run))
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{run}/{step}", post(answer_approval))
+        .route("/v1/quotas", get(list_quotas))
+        .route("/v1/playbooks", get(playbook_api::list_playbooks))
+        .route("/v1/playbooks/check", post(playbook_api::check_playbook))
+        .route("/v1/playbooks/{name}", get(playbook_api::show_playbook))
+        .route(
+            "/v1/tokens",
+            get(token_api::list_tokens).post(token_api::create_token),
+        )
+        .route("/v1/tokens/{name}", delete(token_api::revoke_token))
+        .route(
+            "/v1/plugins",
+            get(plugin_api::list_plugins).post(plugin_api::install_plugin).layer(
+                DefaultBodyLimit::max(plugin_api::MAX_PLUGIN_BYTES),
+            ),
+        )
+        .route("/v1/plugins/{name}", get(plugin_api::show_plugin))
+        .route("/v1/plugins/{name}/history", get(plugin_api::plugin_history))
+        .route("/v1/plugins/{name}/activate", post(plugin_api::activate_plugin))
+        .route("/v1/plugins/{name}/rollback", post(plugin_api::rollback_plugin))
+        .merge(crate::case_api::routes())
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(tokens, auth::authenticate))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
 }
 
 fn not_found(what: &str, id: &str) -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        code: "not_found",
-        message: format!("{what} {id:?} not found"),
-    }
+    ApiError::new(ErrorCode::NotFound, format!("{what} {id:?} not found"))
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError {
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        code: "method_not_allowed",
-        message: format!("{method} is not allowed on {}", uri.path()),
-    }
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 async fn unknown_route(uri: axum::http::Uri) -> ApiError {
-    ApiError {
-        status: StatusCode::NOT_FOUND,
-        code: "not_found",
-        message: format!("no route {}; the API is under /v1", uri.path()),
-    }
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no route {}; the API is under /v1, and `GET /v1/openapi.json` lists its routes",
+            uri.path()
+        ),
+    )
 }
 
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+async fn openapi_document() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI_DOCUMENT,
+    )
 }
 
 /// Accepts a JSON document, a JSON array or JSON lines of alerts. Returns
@@ -259,23 +354,31 @@ async fn health() -> Json<Value> {
 /// with their line and reason; 400 when nothing was accepted.
 async fn ingest(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|rejection| ApiError {
-        status: rejection.status(),
-        code: "invalid_body",
-        message: format!(
-            "{}; send at most {MAX_BODY_BYTES} bytes of JSON, JSON lines or EVE lines",
-            rejection.body_text()
-        ),
-    })?;
+    ingest_batch(&state, body).await
+}
+
+/// Accepts an alert batch like `POST /v1/alerts` once the request's HMAC
+/// signature is checked against webhook `source` (see [`crate::webhook`]).
+async fn receive_webhook(
+    State(state): State<Arc<AppState>>,
+    Path(source): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let now = chrono::Utc::now().timestamp();
+    state.webhooks.verify(&source, &headers, &body, now)?;
+    tracing::debug!(webhook = %source, bytes = body.len(), "signed webhook request accepted");
+    ingest_batch(&state, body).await
+}
+
+async fn ingest_batch(state: &AppState, body: Bytes) -> Result<Response, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "empty_body",
-            message: "the request body is empty; send alerts as JSON, JSON lines or EVE lines"
-                .into(),
-        });
+        return Err(ApiError::new(
+            ErrorCode::EmptyBody,
+            "the request body is empty; send alerts as JSON, JSON lines or EVE lines",
+        ));
     }
 
     // Parsing and the database writes are blocking work; keep them off the
@@ -369,31 +472,32 @@ async fn show_run(
 struct ResumeRequest {
     /// `retry`, `skip` or `fail`.
     decision: String,
-    /// Name of the person deciding, for the case timeline; `api` when
-    /// absent.
+    /// Name of the person deciding. It must be the name of the request's
+    /// token, which is the actor when this is absent.
     actor: Option<String>,
 }
 
 /// Applies a person's decision to a parked run and continues it. Returns the
-/// run as it is afterwards: finished, waiting, or parked again.
+/// run as it is afterwards: finished, waiting, or parked again. The
+/// token's name is recorded as who decided.
 async fn resume_parked_run(
     State(state): State<Arc<AppState>>,
+    identity: Identity,
     Path(id): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
-    let request: ResumeRequest = json_body(
-        &body,
-        "{\"decision\": \"retry\" | \"skip\" | \"fail\", \"actor\": \"NAME\"}",
-    )?;
-    let decision = ParkedDecision::parse(&request.decision).ok_or_else(|| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_decision",
-        message: format!(
-            "decision {:?} is not one of retry, skip, fail",
-            request.decision
-        ),
+    let request: ResumeRequest =
+        json_body(&body, "{\"decision\": \"retry\" | \"skip\" | \"fail\"}")?;
+    let decision = ParkedDecision::parse(&request.decision).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidDecision,
+            format!(
+                "decision {:?} is not one of retry, skip, fail",
+                request.decision
+            ),
+        )
     })?;
-    let actor = request.actor.unwrap_or_else(|| "api".to_string());
+    let actor = identity.actor(request.actor.as_deref())?;
     if state.engine.store().run(&id).map_err(internal)?.is_none() {
         return Err(not_found("run", &id));
     }
@@ -408,29 +512,24 @@ async fn resume_parked_run(
 /// Parses a JSON request body whatever its content type; `shape` shows
 /// what to send in the error.
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|error| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        code: "invalid_body",
-        message: format!("the request body is invalid: {error}; send {shape}"),
+    serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("the request body is invalid: {error}; send {shape}"),
+        )
     })
 }
 
 /// Maps an engine error to its HTTP status and stable code.
 fn engine_error(error: EngineError) -> ApiError {
-    let (status, code) = match &error {
-        EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-        EngineError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-        EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
-        EngineError::Store(palisade_store::StoreError::NotFound { .. }) => {
-            (StatusCode::NOT_FOUND, "not_found")
-        }
+    let code = match &error {
+        EngineError::Conflict(_) => ErrorCode::Conflict,
+        EngineError::Forbidden(_) => ErrorCode::Forbidden,
+        EngineError::Invalid(_) => ErrorCode::Invalid,
+        EngineError::Store(palisade_store::StoreError::NotFound { .. }) => ErrorCode::NotFound,
         _ => return internal(error),
     };
-    ApiError {
-        status,
-        code,
-        message: error.to_string(),
-    }
+    ApiError::new(code, error.to_string())
 }
 
 async fn list_approvals(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
@@ -447,37 +546,40 @@ struct AnswerRequest {
     /// Response to the approval's form, when it has one.
     #[serde(default)]
     response: Value,
-    /// Name of the person answering; `api` when absent.
+    /// Name of the person answering. It must be the name of the request's
+    /// token, which is the actor when this is absent.
     actor: Option<String>,
     /// Item position, for an approval inside a `for_each` step.
     item: Option<u32>,
 }
 
 /// Records a person's answer to an open approval and continues the run.
+/// The token's name is who answers, so an approval that names its
+/// approvers takes answers only from tokens of those names.
 async fn answer_approval(
     State(state): State<Arc<AppState>>,
+    identity: Identity,
     Path((run, step)): Path<(String, String)>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<Value>, ApiError> {
     let request: AnswerRequest = json_body(
         &body,
-        "{\"decision\": \"approve\" | \"reject\", \"response\": {...}, \"actor\": \"NAME\"}",
+        "{\"decision\": \"approve\" | \"reject\", \"response\": {...}}",
     )?;
     let approve = match request.decision.as_str() {
         "approve" => true,
         "reject" => false,
         other => {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid_decision",
-                message: format!("decision {other:?} is not one of approve, reject"),
-            });
+            return Err(ApiError::new(
+                ErrorCode::InvalidDecision,
+                format!("decision {other:?} is not one of approve, reject"),
+            ));
         }
     };
     let answer = palisade_engine::Answer {
         approve,
         response: request.response,
-        actor: request.actor.unwrap_or_else(|| "api".to_string()),
+        actor: identity.actor(request.actor.as_deref())?,
     };
     let run = state
         .engine

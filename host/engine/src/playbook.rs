@@ -363,6 +363,12 @@ pub struct Playbook {
     pub handlers: Vec<Step>,
     #[serde(default)]
     pub case: CaseUpdate,
+    /// Versions of plugins the playbook accepts, by plugin name, as semver
+    /// requirements: `"=1.4.2"` pins one version, `"^1.4"` accepts any 1.x
+    /// from 1.4. A run gets the active version when it meets the
+    /// requirement, else the highest installed version that does.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, String>,
     #[serde(skip)]
     pub path: PathBuf,
 }
@@ -505,6 +511,19 @@ impl Playbook {
             && let Err(error) = templates.check_expression(when)
         {
             problems.push(format!("trigger.when {when:?}: {error}"));
+        }
+        let used = self.targets();
+        for (plugin, requirement) in &self.plugins {
+            if let Err(error) = semver::VersionReq::parse(requirement) {
+                problems.push(format!(
+                    "plugins.{plugin}: {requirement:?} is not a version requirement ({error}); write one such as \"=1.2.0\" or \"^1.2\""
+                ));
+            }
+            if !used.contains_key(plugin.as_str()) {
+                problems.push(format!(
+                    "plugins.{plugin}: no step uses plugin {plugin:?}; remove the entry or fix its name"
+                ));
+            }
         }
         let mut seen = BTreeSet::new();
         let mut ancestors: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
@@ -847,6 +866,12 @@ impl Playbook {
             }
         }
         Ok(Value::Object(inputs))
+    }
+
+    /// The version requirement of plugin `plugin`, when the playbook sets
+    /// a valid one.
+    pub fn version_requirement(&self, plugin: &str) -> Option<semver::VersionReq> {
+        semver::VersionReq::parse(self.plugins.get(plugin)?).ok()
     }
 
     /// `plugin.action` pairs the playbook uses.

@@ -30,6 +30,9 @@ pub struct CallInfo<'a> {
     pub step_id: &'a str,
     /// The same on every attempt of the step, across restarts.
     pub idempotency_key: Option<&'a str>,
+    /// Version of the plugin the run is pinned to; `None` calls the active
+    /// version.
+    pub version: Option<&'a str>,
 }
 
 /// Interface through which the engine calls plugins. The host implements
@@ -43,6 +46,11 @@ pub trait PluginCaller: Send + Sync + 'static {
         input: &Value,
         call: CallInfo<'_>,
     ) -> impl Future<Output = StepOutcome> + Send;
+
+    /// Version of plugin `plugin` a new run gets: the active one when it
+    /// meets `requirement` (or there is none), else the highest loaded
+    /// version that does. `None` when no loaded version fits.
+    fn resolve(&self, plugin: &str, requirement: Option<&semver::VersionReq>) -> Option<String>;
 
     /// Names of the actions plugin `plugin` offers, or `None` when no such
     /// plugin is loaded.
@@ -185,6 +193,7 @@ pub(crate) async fn call<C: PluginCaller>(
     caller: &C,
     step: &Step,
     run_id: &str,
+    version: Option<&str>,
     mut record: StepRecord,
 ) -> StepRecord {
     let (plugin, action) = step.target();
@@ -192,6 +201,7 @@ pub(crate) async fn call<C: PluginCaller>(
         run_id,
         step_id: &step.id,
         idempotency_key: record.idempotency_key.as_deref(),
+        version,
     };
     let call = caller.call(plugin, action, &record.input, info);
     let outcome = match step.timeout {
@@ -290,6 +300,11 @@ pub(crate) fn failed_record(step: &Step, kind: &str, message: String) -> StepRec
         logs: Value::Array(Vec::new()),
         http_calls: Value::Array(Vec::new()),
     };
+    failed(record, kind, message, Instant::now())
+}
+
+/// Ends a `started` record that could not call its plugin.
+pub(crate) fn fail_started(record: StepRecord, kind: &str, message: String) -> StepRecord {
     failed(record, kind, message, Instant::now())
 }
 

@@ -18,7 +18,7 @@
 //! deadline; the run waits (status `waiting`) until [`Engine::due_runs`]
 //! reports it, whether or not the process restarted in between.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use palisade_model::{Alert, ParentStep, RunRecord, RunStatus, StepError, StepRecord, StepStatus};
@@ -247,6 +247,54 @@ impl<C: PluginCaller> Engine<C> {
         self.start(playbook, alert, case_id).await
     }
 
+    /// Chooses the version of every plugin `playbook` calls, for a new run.
+    /// A sub-playbook's run keeps its parent's choice (`inherited`) where
+    /// that meets its own requirement, so one alert's runs see one version.
+    /// A plugin with no fitting version is left out; its steps fail when
+    /// they call it, unless one is installed by then.
+    pub(crate) fn pin_plugins(
+        &self,
+        playbook: &Playbook,
+        inherited: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let mut pins = BTreeMap::new();
+        for plugin in playbook.targets().into_keys() {
+            let requirement = playbook.version_requirement(plugin);
+            let kept = inherited.get(plugin).filter(|version| {
+                requirement.as_ref().is_none_or(|requirement| {
+                    semver::Version::parse(version).is_ok_and(|v| requirement.matches(&v))
+                })
+            });
+            let version = match kept {
+                Some(version) => Some(version.clone()),
+                None => self.caller.resolve(plugin, requirement.as_ref()),
+            };
+            if let Some(version) = version {
+                pins.insert(plugin.to_string(), version);
+            }
+        }
+        pins
+    }
+
+    /// Version of `plugin` that a step of `run` calls: the run's pinned
+    /// one, or else the version that resolves now. A playbook requirement
+    /// that no loaded version meets is an error naming it.
+    fn call_version(&self, run: &RunRecord, plugin: &str) -> Result<Option<String>, String> {
+        if let Some(version) = run.plugin_versions.get(plugin) {
+            return Ok(Some(version.clone()));
+        }
+        let requirement = self
+            .playbook(&run.playbook)
+            .and_then(|playbook| playbook.version_requirement(plugin));
+        match (self.caller.resolve(plugin, requirement.as_ref()), requirement) {
+            (Some(version), _) => Ok(Some(version)),
+            (None, Some(requirement)) => Err(format!(
+                "no loaded version of plugin {plugin:?} meets the playbook's requirement {requirement}; install one with `palisade plugin install` or change `plugins.{plugin}`"
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
     async fn start(
         &self,
         playbook: &Playbook,
@@ -269,6 +317,7 @@ impl<C: PluginCaller> Engine<C> {
             // so its defaults always resolve.
             inputs: playbook.resolve_inputs(&Value::Null).unwrap_or_default(),
             outputs: None,
+            plugin_versions: self.pin_plugins(playbook, &BTreeMap::new()),
         };
         self.store.put_run(&run)?;
         self.audit_run("engine", "run_started", &run, json!({}))?;
@@ -997,7 +1046,13 @@ impl<C: PluginCaller> Engine<C> {
                     // so the journal must know first.
                     self.flush().await?;
                 }
-                let record = runner::call(self.caller.as_ref(), step, &run.id, started).await;
+                let record = match self.call_version(run, plugin) {
+                    Ok(version) => {
+                        let version = version.as_deref();
+                        runner::call(self.caller.as_ref(), step, &run.id, version, started).await
+                    }
+                    Err(message) => runner::fail_started(started, "unknown_plugin", message),
+                };
                 (index, record)
             }
         };
@@ -1087,6 +1142,7 @@ impl<C: PluginCaller> Engine<C> {
                     }),
                     inputs,
                     outputs: None,
+                    plugin_versions: self.pin_plugins(called, &run.plugin_versions),
                 };
                 self.store.put_run(&child)?;
                 self.audit_run("engine", "run_started", &child, json!({ "parent": run.id }))?;
@@ -1703,6 +1759,7 @@ mod tests {
             parent: None,
             inputs: serde_json::Value::Null,
             outputs: None,
+            plugin_versions: Default::default(),
         }
     }
 

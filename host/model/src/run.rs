@@ -1,5 +1,7 @@
 //! Records of playbook runs and their steps.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -122,6 +124,11 @@ pub struct RunRecord {
     /// evaluates them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Value>,
+    /// Version of each plugin the run calls, by plugin name, chosen when
+    /// the run starts. Every call of the run goes to that version, so a
+    /// plugin swapped while the run is in flight does not change under it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugin_versions: BTreeMap<String, String>,
 }
 
 /// The step of a parent run that called a sub-playbook.

@@ -29,6 +29,10 @@ pub enum CallError {
 
     #[error("plugin {plugin:?} is not loaded; list loaded plugins with `palisade plugin list`")]
     UnknownPlugin { plugin: String },
+    #[error(
+        "plugin {plugin:?} has no loaded version {version}; the run was pinned to it, so install that version again or resume the run with another decision"
+    )]
+    UnknownVersion { plugin: String, version: String },
     #[error("timed out after {limit_ms} ms of wall-clock time")]
     Timeout { limit_ms: u64 },
     #[error("exceeded its CPU time limit of {limit_ms} ms")]
@@ -59,6 +63,7 @@ impl CallError {
             Self::Denied { .. } => "denied",
             Self::Internal { .. } => "internal",
             Self::UnknownPlugin { .. } => "unknown_plugin",
+            Self::UnknownVersion { .. } => "unknown_version",
             Self::Timeout { .. } => "timeout",
             Self::CpuTimeLimit { .. } => "cpu_time_limit",
             Self::MemoryLimit { .. } => "memory_limit",
@@ -98,11 +103,46 @@ pub enum LoadError {
         #[source]
         source: CallError,
     },
-    #[error("plugin name {name:?} from {path:?} is already loaded from {existing:?}")]
+    #[error(
+        "plugin {name:?} version {version} from {path:?} differs from the version {version} already loaded from {existing:?}; give the new build a new version number"
+    )]
     Duplicate {
         name: String,
+        version: String,
         path: std::path::PathBuf,
         existing: std::path::PathBuf,
+    },
+    #[error(
+        "{path:?} is a core WebAssembly module, not a component; build the plugin for the `wasm32-wasip2` target, which produces a component"
+    )]
+    NotComponent { path: std::path::PathBuf },
+    #[error(
+        "{path:?} imports {import:?}, but this host offers palisade:plugin@{offered}; rebuild the plugin against the WIT in `wit/`"
+    )]
+    IncompatibleWorld {
+        path: std::path::PathBuf,
+        import: String,
+        offered: String,
+    },
+    #[error(
+        "{path:?} imports {imports:?}, which this host does not offer; a plugin may import only palisade:plugin and WASI 0.2 interfaces"
+    )]
+    ForeignImport {
+        path: std::path::PathBuf,
+        imports: Vec<String>,
+    },
+    #[error(
+        "plugin {name:?} reports version {version:?}, which is not a semantic version such as 1.2.0; set the version the plugin's describe returns"
+    )]
+    InvalidVersion {
+        name: String,
+        version: String,
+        path: std::path::PathBuf,
+    },
+    #[error("the compilation task for {path:?} stopped before finishing: {message}")]
+    CompileTask {
+        path: std::path::PathBuf,
+        message: String,
     },
     #[error("invalid grant for plugin {plugin:?}")]
     Grant {

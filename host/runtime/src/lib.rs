@@ -126,13 +126,28 @@ pub struct LoadedPlugin {
     pub path: PathBuf,
     /// SHA-256 of the component file, hex.
     pub digest: String,
+    /// Names of the interfaces the component imports, such as
+    /// `palisade:plugin/http@0.1.0`.
+    pub imports: Vec<String>,
     pub policy: Arc<Policy>,
     pre: PluginPre<HostState>,
-    /// Permits for calls running at once, `limits.concurrent_calls` of them.
-    /// Every runtime call of this plugin holds one while its instance
-    /// exists. The `describe` call at load time and
+    /// Permits for calls running at once, `limits.concurrent_calls` of them,
+    /// shared by every version of the plugin. Every runtime call holds one
+    /// while its instance exists. The `describe` call at load time and
     /// [`Runtime::invoke_unguarded`] take none.
-    call_slots: tokio::sync::Semaphore,
+    call_slots: Arc<CallSlots>,
+}
+
+/// The concurrent-call permits of one plugin.
+struct CallSlots {
+    limit: u32,
+    permits: tokio::sync::Semaphore,
+}
+
+/// The loaded versions of one plugin and the one new calls get.
+struct PluginVersions {
+    active: Arc<LoadedPlugin>,
+    versions: BTreeMap<String, Arc<LoadedPlugin>>,
 }
 
 /// Identity of the caller, for logs and records.
@@ -144,6 +159,8 @@ pub struct CallContext {
     /// it through the `invocation` import, and the host sends it as the
     /// `Idempotency-Key` header of the call's HTTP requests.
     pub idempotency_key: Option<String>,
+    /// Version of the plugin to run; `None` runs the active version.
+    pub version: Option<String>,
 }
 
 /// Result of a successful call.
@@ -176,7 +193,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
-    plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
+    plugins: RwLock<BTreeMap<String, PluginVersions>>,
+    slots: std::sync::Mutex<BTreeMap<String, Arc<CallSlots>>>,
     services: Arc<Services>,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -206,6 +224,7 @@ impl Runtime {
             linker,
             cache_dir: config.cache_dir,
             plugins: RwLock::new(BTreeMap::new()),
+            slots: std::sync::Mutex::new(BTreeMap::new()),
             services: Arc::new(Services {
                 kv,
                 secrets,
@@ -226,11 +245,8 @@ impl Runtime {
         &self.services.quotas
     }
 
-    /// Loads the component at `path`, calls its `describe` export, and
-    /// registers it under the name it reports. The plugin runs under the
-    /// grant `grant_for` returns for that name, narrowed to what `describe`
-    /// requested (see [`Policy::for_request`]). Each grant entry dropped that
-    /// way is logged as a warning.
+    /// Loads the component at `path` with [`Runtime::prepare`] and publishes
+    /// it as its plugin's active version with [`Runtime::publish`].
     pub async fn load(
         &self,
         path: &Path,
@@ -240,22 +256,70 @@ impl Runtime {
             path: path.to_path_buf(),
             source,
         })?;
+        let loaded = self.prepare(bytes, path, grant_for).await?;
+        self.publish(loaded.clone())?;
+        Ok(loaded)
+    }
+
+    /// Checks and compiles a component without publishing it, the canary
+    /// check of an install or a swap:
+    /// - the bytes are a component, not a core module;
+    /// - every import is a `palisade:plugin` interface of a version this
+    ///   host offers, or a WASI 0.2 interface;
+    /// - the exports fit the `plugin` world;
+    /// - a first instance runs `describe` under a deny-all policy, and its
+    ///   name is kebab-case and its version semantic;
+    /// - the operator's grant for that name fits the host's maximums.
+    ///
+    /// Compilation runs on the blocking pool (or loads the cached artifact),
+    /// so it never holds an async worker. `origin` names the component in
+    /// errors and in [`LoadedPlugin::path`].
+    pub async fn prepare(
+        &self,
+        bytes: Vec<u8>,
+        origin: &Path,
+        grant_for: impl Fn(&str) -> Grant,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let path = origin.to_path_buf();
+        if is_core_module(&bytes) {
+            return Err(LoadError::NotComponent { path });
+        }
         let digest = cache::digest(&bytes);
-        let component = cache::compile(&self.engine, self.cache_dir.as_deref(), &bytes, &digest)
-            .map_err(|message| LoadError::Compile {
-                path: path.to_path_buf(),
-                message,
-            })?;
+        let component = {
+            let engine = self.engine.clone();
+            let cache_dir = self.cache_dir.clone();
+            let digest = digest.clone();
+            let origin = path.clone();
+            tokio::task::spawn_blocking(move || {
+                cache::compile(&engine, cache_dir.as_deref(), &bytes, &digest).map_err(|message| {
+                    LoadError::Compile {
+                        path: origin,
+                        message,
+                    }
+                })
+            })
+            .await
+            .map_err(|error| LoadError::CompileTask {
+                path: path.clone(),
+                message: error.to_string(),
+            })??
+        };
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        check_imports(&path, &imports)?;
         let instance_pre =
             self.linker
                 .instantiate_pre(&component)
                 .map_err(|error| LoadError::Link {
-                    path: path.to_path_buf(),
-                    message: error.to_string(),
+                    path: path.clone(),
+                    message: format!("{error:#}"),
                 })?;
         let pre = PluginPre::new(instance_pre).map_err(|error| LoadError::Link {
-            path: path.to_path_buf(),
-            message: error.to_string(),
+            path: path.clone(),
+            message: format!("{error:#}"),
         })?;
 
         // Describe under a deny-all policy first: the plugin's name is not
@@ -263,13 +327,20 @@ impl Runtime {
         let info = describe(&self.engine, &pre, &self.services)
             .await
             .map_err(|source| LoadError::Describe {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 source,
             })?;
         if !is_plugin_name(&info.name) {
             return Err(LoadError::InvalidName {
                 name: info.name,
-                path: path.to_path_buf(),
+                path,
+            });
+        }
+        if semver::Version::parse(&info.version).is_err() {
+            return Err(LoadError::InvalidVersion {
+                name: info.name,
+                version: info.version,
+                path,
             });
         }
         let grant = grant_for(&info.name);
@@ -287,28 +358,121 @@ impl Runtime {
             })?;
         log_policy_warnings(&info.name, &policy);
         self.services.quotas.register(&info.name, &policy)?;
-        let call_slots = tokio::sync::Semaphore::new(policy.limits().concurrent_calls as usize);
-        let loaded = Arc::new(LoadedPlugin {
+        let call_slots = self.call_slots(&info.name, policy.limits().concurrent_calls);
+        Ok(Arc::new(LoadedPlugin {
             info,
-            path: path.to_path_buf(),
+            path,
             digest,
+            imports,
             policy: Arc::new(policy),
             pre,
             call_slots,
-        });
+        }))
+    }
 
+    /// Returns the call slots of plugin `name`, shared by all its versions
+    /// so that a swap never doubles the calls running at once. A changed
+    /// limit replaces them; calls holding the old slots finish on those.
+    fn call_slots(&self, name: &str, limit: u32) -> Arc<CallSlots> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        match slots.get(name) {
+            Some(existing) if existing.limit == limit => existing.clone(),
+            _ => {
+                let fresh = Arc::new(CallSlots {
+                    limit,
+                    permits: tokio::sync::Semaphore::new(limit as usize),
+                });
+                slots.insert(name.to_string(), fresh.clone());
+                fresh
+            }
+        }
+    }
+
+    /// Makes `loaded` the active version of its plugin, in one step: a call
+    /// that resolves the plugin afterwards gets this version, and calls
+    /// already running keep theirs. Earlier versions stay loaded for runs
+    /// pinned to them. Returns the version it replaced, if any. Publishing
+    /// a version number already loaded with other bytes is refused.
+    pub fn publish(&self, loaded: Arc<LoadedPlugin>) -> Result<Option<String>, LoadError> {
         let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = plugins.get(&loaded.info.name)
-            && existing.path != loaded.path
+        let name = loaded.info.name.clone();
+        let version = loaded.info.version.clone();
+        if let Some(entry) = plugins.get(&name)
+            && let Some(existing) = entry.versions.get(&version)
+            && existing.digest != loaded.digest
         {
             return Err(LoadError::Duplicate {
-                name: loaded.info.name.clone(),
-                path: path.to_path_buf(),
+                name,
+                version,
+                path: loaded.path.clone(),
                 existing: existing.path.clone(),
             });
         }
-        plugins.insert(loaded.info.name.clone(), loaded.clone());
-        Ok(loaded)
+        match plugins.get_mut(&name) {
+            Some(entry) => {
+                let previous = entry.active.info.version.clone();
+                let loaded = entry.versions.entry(version).or_insert(loaded).clone();
+                entry.active = loaded;
+                Ok(Some(previous))
+            }
+            None => {
+                plugins.insert(
+                    name,
+                    PluginVersions {
+                        active: loaded.clone(),
+                        versions: BTreeMap::from([(version, loaded)]),
+                    },
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Adds `loaded` to its plugin's versions without making it active,
+    /// for runs pinned to it. The first version of a plugin becomes active.
+    pub fn add_version(&self, loaded: Arc<LoadedPlugin>) -> Result<(), LoadError> {
+        if self.plugin(&loaded.info.name).is_none() {
+            return self.publish(loaded).map(|_| ());
+        }
+        let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = plugins.get_mut(&loaded.info.name) else {
+            return Ok(());
+        };
+        if let Some(existing) = entry.versions.get(&loaded.info.version) {
+            if existing.digest != loaded.digest {
+                return Err(LoadError::Duplicate {
+                    name: loaded.info.name.clone(),
+                    version: loaded.info.version.clone(),
+                    path: loaded.path.clone(),
+                    existing: existing.path.clone(),
+                });
+            }
+            return Ok(());
+        }
+        entry.versions.insert(loaded.info.version.clone(), loaded);
+        Ok(())
+    }
+
+    /// Makes the loaded `version` of plugin `name` active again. Returns the
+    /// version it replaced, or `None` when that version is not loaded.
+    pub fn activate(&self, name: &str, version: &str) -> Option<String> {
+        let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
+        let entry = plugins.get_mut(name)?;
+        let chosen = entry.versions.get(version)?.clone();
+        let previous = std::mem::replace(&mut entry.active, chosen);
+        Some(previous.info.version.clone())
+    }
+
+    /// Drops a loaded version that is not active. Calls already holding it
+    /// finish on it.
+    pub fn unload_version(&self, name: &str, version: &str) -> bool {
+        let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
+        match plugins.get_mut(name) {
+            Some(entry) if entry.active.info.version != version => {
+                entry.versions.remove(version).is_some()
+            }
+            _ => false,
+        }
     }
 
     /// Loads every `.wasm` file in `dir`, in name order.
@@ -317,25 +481,62 @@ impl Runtime {
         dir: &Path,
         grant_for: impl Fn(&str) -> Grant,
     ) -> Result<Vec<Arc<LoadedPlugin>>, LoadError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Read {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
-            .collect();
-        paths.sort();
         let mut loaded = Vec::new();
-        for path in paths {
+        for path in wasm_files(dir)? {
             loaded.push(self.load(&path, &grant_for).await?);
         }
         Ok(loaded)
     }
 
+    /// Returns the active version of plugin `name`.
     pub fn plugin(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
         let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
-        plugins.get(name).cloned()
+        plugins.get(name).map(|entry| entry.active.clone())
+    }
+
+    /// Returns the loaded `version` of plugin `name`.
+    pub fn plugin_version(&self, name: &str, version: &str) -> Option<Arc<LoadedPlugin>> {
+        let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
+        plugins.get(name)?.versions.get(version).cloned()
+    }
+
+    /// Returns the version of plugin `name` a new run gets: the active one
+    /// when it meets `requirement` (or there is none), else the highest
+    /// loaded version that does.
+    pub fn resolve(
+        &self,
+        name: &str,
+        requirement: Option<&semver::VersionReq>,
+    ) -> Option<Arc<LoadedPlugin>> {
+        let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
+        let entry = plugins.get(name)?;
+        let Some(requirement) = requirement else {
+            return Some(entry.active.clone());
+        };
+        let meets = |loaded: &LoadedPlugin| {
+            semver::Version::parse(&loaded.info.version)
+                .is_ok_and(|version| requirement.matches(&version))
+        };
+        if meets(&entry.active) {
+            return Some(entry.active.clone());
+        }
+        entry
+            .versions
+            .values()
+            .filter(|loaded| meets(loaded))
+            .max_by_key(|loaded| semver::Version::parse(&loaded.info.version).ok())
+            .cloned()
+    }
+
+    /// Returns the loaded versions of plugin `name`, lowest first.
+    pub fn versions(&self, name: &str) -> Vec<Arc<LoadedPlugin>> {
+        let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
+        let mut versions: Vec<_> = plugins
+            .get(name)
+            .map(|entry| entry.versions.values().cloned().collect())
+            .unwrap_or_default();
+        versions.sort_by_key(|loaded| semver::Version::parse(&loaded.info.version).ok());
+        versions
     }
 
     /// Answers every outbound request from `fixtures` instead of sending
@@ -348,12 +549,14 @@ impl Runtime {
             .map_err(|_| "this runtime already answers from fixtures".to_string())
     }
 
+    /// Returns the active version of every plugin, by name.
     pub fn plugins(&self) -> Vec<Arc<LoadedPlugin>> {
         let plugins = self.plugins.read().unwrap_or_else(|e| e.into_inner());
-        plugins.values().cloned().collect()
+        plugins.values().map(|entry| entry.active.clone()).collect()
     }
 
-    /// Runs `action` of plugin `plugin` on `input` in a fresh instance.
+    /// Runs `action` of plugin `plugin` on `input` in a fresh instance of
+    /// the version `context.version` names, or of the active version.
     pub async fn invoke(
         &self,
         plugin: &str,
@@ -361,11 +564,22 @@ impl Runtime {
         input: &serde_json::Value,
         context: &CallContext,
     ) -> Result<CallOutput, CallFailure> {
-        let Some(loaded) = self.plugin(plugin) else {
-            return Err(CallFailure {
-                error: CallError::UnknownPlugin {
+        let loaded = match &context.version {
+            Some(version) => self.plugin_version(plugin, version),
+            None => self.plugin(plugin),
+        };
+        let Some(loaded) = loaded else {
+            let error = match &context.version {
+                Some(version) if self.plugin(plugin).is_some() => CallError::UnknownVersion {
+                    plugin: plugin.to_string(),
+                    version: version.clone(),
+                },
+                _ => CallError::UnknownPlugin {
                     plugin: plugin.to_string(),
                 },
+            };
+            return Err(CallFailure {
+                error,
                 report: CallReport::default(),
             });
         };
@@ -404,7 +618,7 @@ impl Runtime {
         let started = Instant::now();
         let limits = loaded.policy.limits().clone();
         let deadline = tokio::time::Instant::from_std(started + limits.wall_time());
-        let slot = match tokio::time::timeout_at(deadline, loaded.call_slots.acquire()).await {
+        let slot = match tokio::time::timeout_at(deadline, loaded.call_slots.permits.acquire()).await {
             Ok(Ok(slot)) => slot,
             Ok(Err(_closed)) => {
                 return Err(queue_failure(
@@ -647,6 +861,68 @@ fn is_plugin_name(name: &str) -> bool {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     });
     starts_with_letter && words_valid
+}
+
+/// Version of the `palisade:plugin` package this host offers. A plugin
+/// built against a version with the same major and minor (for 0.x) or the
+/// same major (from 1.0) links; wasmtime matches such imports by semver.
+pub const WORLD_VERSION: &str = "0.1.0";
+
+/// Returns whether `bytes` start as a core WebAssembly module rather than
+/// a component: the version field of the header is 1 with layer 0.
+fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+/// Checks that every import is WASI or a compatible `palisade:plugin`
+/// interface, so an incompatible plugin gets an error that says which
+/// import and which version the host offers.
+fn check_imports(path: &Path, imports: &[String]) -> Result<(), LoadError> {
+    let offered = semver::Version::parse(WORLD_VERSION).expect("WORLD_VERSION is valid");
+    let mut foreign = Vec::new();
+    for import in imports {
+        if let Some(rest) = import.strip_prefix("palisade:plugin/") {
+            let version = rest
+                .split_once('@')
+                .and_then(|(_, version)| semver::Version::parse(version).ok());
+            let compatible = version.is_some_and(|version| {
+                version.major == offered.major
+                    && (offered.major > 0 || version.minor == offered.minor)
+                    && version <= semver::Version::new(offered.major, offered.minor, u64::MAX)
+            });
+            if !compatible {
+                return Err(LoadError::IncompatibleWorld {
+                    path: path.to_path_buf(),
+                    import: import.clone(),
+                    offered: WORLD_VERSION.to_string(),
+                });
+            }
+        } else if !import.starts_with("wasi:") {
+            foreign.push(import.clone());
+        }
+    }
+    if foreign.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::ForeignImport {
+            path: path.to_path_buf(),
+            imports: foreign,
+        })
+    }
+}
+
+/// Returns the `.wasm` files of `dir` in name order.
+pub fn wasm_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        .collect();
+    paths.sort();
+    Ok(paths)
 }
 
 /// Number of epoch ticks covering `cpu_ms`, at least one.

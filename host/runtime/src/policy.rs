@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::Capabilities;
@@ -22,7 +22,7 @@ use crate::quota::{CheckedRule, InvalidQuota, QuotaRule, check_rules};
 pub const CONFIG_ORIGIN_PREFIX: &str = "config:";
 
 /// Resource limits applied to every call of one plugin.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Maximum linear memory of the instance, in bytes.

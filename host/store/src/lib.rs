@@ -10,9 +10,11 @@ mod audit;
 mod correlation;
 mod export;
 mod import;
+mod plugins;
 mod schema;
 mod sled_store;
 mod step_digest;
+mod tokens;
 
 use chrono::{DateTime, Utc};
 use palisade_model::{Alert, Case, RunRecord, StepRecord};
@@ -20,9 +22,11 @@ use palisade_model::{Alert, Case, RunRecord, StepRecord};
 pub use audit::{AuditEvent, AuditRecord, AuditVerdict, GENESIS_HASH, record_hash};
 pub use export::ExportSummary;
 pub use import::ImportSummary;
+pub use plugins::{PluginEvent, PluginSigner, PluginVersionRecord};
 pub use schema::SCHEMA_VERSION;
 pub use sled_store::SledStore;
 pub use step_digest::step_record_sha256;
+pub use tokens::ApiTokenRecord;
 
 /// A storage failure. The message names the record involved.
 #[derive(Debug, thiserror::Error)]

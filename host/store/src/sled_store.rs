@@ -30,10 +30,13 @@
 //! - `kv`: plugin name, a zero byte, then the plugin's key, to the value;
 //! - `secrets`: secret name to its encrypted record, which the store does
 //!   not read;
+//! - `api_tokens`: API token name to its role and the SHA-256 of the token
+//!   (see [`crate::tokens`]);
 //! - `audit`: sequence number (big-endian `u64`) to an audit record (see
 //!   [`crate::audit`]);
 //! - `meta`: `schema_version` to the layout version (see [`crate::schema`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -260,6 +263,8 @@ struct RunHeader<'a> {
     inputs: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     outputs: &'a Option<Value>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    plugin_versions: &'a BTreeMap<String, String>,
 }
 
 impl<'a> From<&'a RunRecord> for RunHeader<'a> {
@@ -277,6 +282,7 @@ impl<'a> From<&'a RunRecord> for RunHeader<'a> {
             parent: &run.parent,
             inputs: &run.inputs,
             outputs: &run.outputs,
+            plugin_versions: &run.plugin_versions,
         }
     }
 }
@@ -379,18 +385,18 @@ fn decode_counter(bytes: &[u8]) -> u64 {
     bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
-fn database(error: sled::Error) -> StoreError {
+pub(crate) fn database(error: sled::Error) -> StoreError {
     StoreError::Database(error.to_string())
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising the model types to JSON cannot fail, because they contain
     // only strings, numbers, maps with string keys and `serde_json::Value`s.
     // An empty record would still fail loudly when it is read back.
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn decode<T: DeserializeOwned>(
+pub(crate) fn decode<T: DeserializeOwned>(
     tree: &'static str,
     key: &[u8],
     bytes: &[u8],
@@ -897,6 +903,12 @@ impl SledStore {
         &self.path
     }
 
+    /// Opens (or returns the open) tree `name`, for the modules that keep
+    /// their own trees.
+    pub(crate) fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(name).map_err(database)
+    }
+
     pub(crate) fn audit_log(&self) -> &AuditLog {
         &self.audit
     }
@@ -1101,6 +1113,7 @@ mod tests {
             parent: None,
             inputs: serde_json::Value::Null,
             outputs: None,
+            plugin_versions: [("noop".to_string(), "1.2.0".to_string())].into(),
         };
         store.put_run(&run).unwrap();
         // Indexes past 255 check that steps sort by number, not by text.
@@ -1114,6 +1127,7 @@ mod tests {
 
         let stored = store.run(&run.id).unwrap().unwrap();
         assert_eq!(stored.status, RunStatus::Succeeded);
+        assert_eq!(stored.plugin_versions, run.plugin_versions);
         let ids: Vec<&str> = stored.steps.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["s0", "s1", "s2", "s300"]);
         assert_eq!(store.runs().unwrap(), vec![stored]);
@@ -1135,6 +1149,7 @@ mod tests {
             parent: None,
             inputs: serde_json::Value::Null,
             outputs: None,
+            plugin_versions: Default::default(),
         }
     }
 
