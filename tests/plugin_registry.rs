@@ -290,8 +290,7 @@ fn possible_versions(
     let mut versions = BTreeSet::new();
     let settled = swaps
         .iter()
-        .filter(|swap| swap.answered <= posted)
-        .next_back()
+        .rfind(|swap| swap.answered <= posted)
         .map(|swap| swap.version.clone())
         .unwrap_or_else(|| initial.to_string());
     versions.insert(settled);
@@ -336,7 +335,10 @@ async fn hundred_swaps_while_alerts_stream() {
     let config = write_swap_config(dir.path(), &[&v100], &[SWAP_PLAYBOOK, PINNED_PLAYBOOK]);
     let daemon = Daemon::start(&config);
     let api = Arc::new(Api::new(&daemon));
-    assert_eq!(api.active_version("versioned").await.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        api.active_version("versioned").await.as_deref(),
+        Some("1.0.0")
+    );
 
     let streaming = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let batches = Arc::new(Mutex::new(Vec::<Batch>::new()));
@@ -368,16 +370,23 @@ async fn hundred_swaps_while_alerts_stream() {
         let sent = Utc::now();
         let (status, reply, target) = match round {
             0 => {
-                let (status, reply) = api.upload(&v110, Some(&signature_of(&v110)), ADMIN_TOKEN).await;
+                let (status, reply) = api
+                    .upload(&v110, Some(&signature_of(&v110)), ADMIN_TOKEN)
+                    .await;
                 (status, reply, "1.1.0".to_string())
             }
             1 => {
-                let (status, reply) = api.upload(&v200, Some(&signature_of(&v200)), ADMIN_TOKEN).await;
+                let (status, reply) = api
+                    .upload(&v200, Some(&signature_of(&v200)), ADMIN_TOKEN)
+                    .await;
                 (status, reply, "2.0.0".to_string())
             }
             n if n % 5 == 4 => {
                 let (status, reply) = api.rollback("versioned").await;
-                let target = reply["active_version"].as_str().unwrap_or_default().to_string();
+                let target = reply["active_version"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 (status, reply, target)
             }
             n => {
@@ -411,7 +420,10 @@ async fn hundred_swaps_while_alerts_stream() {
 
     let batches = batches.lock().unwrap().clone();
     let alerts: usize = batches.iter().map(|batch| batch.alert_ids.len()).sum();
-    assert!(alerts >= 100, "only {alerts} alerts streamed during the swaps");
+    assert!(
+        alerts >= 100,
+        "only {alerts} alerts streamed during the swaps"
+    );
     let posted: BTreeMap<&str, DateTime<Utc>> = batches
         .iter()
         .flat_map(|batch| batch.alert_ids.iter().map(|id| (id.as_str(), batch.sent)))
@@ -427,16 +439,13 @@ async fn hundred_swaps_while_alerts_stream() {
         for step in run["steps"].as_array().unwrap() {
             assert_eq!(step["plugin_version"], pinned, "run {id}: {step}");
         }
-        let stamped: Vec<&str> = run["steps"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()["output"]["versions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        let stamped: Vec<&str> =
+            run["steps"].as_array().unwrap().last().unwrap()["output"]["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
         assert!(
             stamped.iter().all(|v| *v == pinned),
             "run {id} ran {stamped:?}, recorded {pinned}"
@@ -476,10 +485,10 @@ async fn hundred_swaps_while_alerts_stream() {
 }
 
 /// A flipped byte, a key the operator does not trust and a missing
-/// signature are each refused with a message that says what to do, and
+/// signature are each rejected with a message that says what to do, and
 /// nothing changes.
 #[tokio::test]
-async fn unsigned_tampered_and_foreign_plugins_are_refused() {
+async fn unsigned_tampered_and_foreign_plugins_rejected() {
     let v100 = version("1.0.0");
     let v110 = version("1.1.0");
     let dir = tempfile::tempdir().unwrap();
@@ -489,11 +498,16 @@ async fn unsigned_tampered_and_foreign_plugins_are_refused() {
     let bytes = std::fs::read(&v110).unwrap();
     let signature = signature_of(&v110);
 
-    let (status, reply) = api.upload_bytes(bytes.clone(), None, ADMIN_TOKEN, false).await;
+    let (status, reply) = api
+        .upload_bytes(bytes.clone(), None, ADMIN_TOKEN, false)
+        .await;
     assert_eq!(status, 422, "{reply}");
     assert_eq!(reply["error"]["code"], "plugin_signature_invalid");
     let message = reply["error"]["message"].as_str().unwrap();
-    assert!(message.contains("no signature") && message.contains("palisade plugin sign"), "{message}");
+    assert!(
+        message.contains("no signature") && message.contains("palisade plugin sign"),
+        "{message}"
+    );
 
     let mut flipped = bytes.clone();
     let middle = flipped.len() / 2;
@@ -525,25 +539,31 @@ async fn unsigned_tampered_and_foreign_plugins_are_refused() {
         .await;
     assert_eq!(status, 403, "an analyst may not install: {reply}");
 
-    assert_eq!(api.active_version("versioned").await.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        api.active_version("versioned").await.as_deref(),
+        Some("1.0.0")
+    );
     let listed = api.get("/v1/plugins").await;
     let versions = listed["plugins"][0]["versions"].as_array().unwrap().len();
-    assert_eq!(versions, 1, "a refused upload left a version: {listed}");
+    assert_eq!(versions, 1, "a rejected upload left a version: {listed}");
 
     // The untampered file with its signature goes in.
     let (status, reply) = api
         .upload_bytes(bytes, Some(&signature), ADMIN_TOKEN, false)
         .await;
     assert_eq!(status, 201, "{reply}");
-    assert_eq!(api.active_version("versioned").await.as_deref(), Some("1.1.0"));
+    assert_eq!(
+        api.active_version("versioned").await.as_deref(),
+        Some("1.1.0")
+    );
     daemon.stop();
 }
 
 /// The canary checks: a core module, a failing self-test, a version that
 /// drops an action a playbook calls, and a second build under a version
-/// number already installed are refused, each with its own code.
+/// number already installed are rejected, each with its own code.
 #[tokio::test]
-async fn canary_checks_refuse_bad_versions() {
+async fn canary_checks_reject_bad_versions() {
     let v100 = version("1.0.0");
     let broken = build_versioned(
         "1.5.0-broken",
@@ -574,7 +594,12 @@ async fn canary_checks_refuse_bad_versions() {
     let cases: [(&Path, u16, &str, &str); 3] = [
         (&broken, 422, "plugin_self_test_failed", "self-test failed"),
         (&stampless, 409, "plugin_incompatible", "\"stamp\""),
-        (&impostor, 409, "plugin_version_conflict", "new version number"),
+        (
+            &impostor,
+            409,
+            "plugin_version_conflict",
+            "new version number",
+        ),
     ];
     for (component, status, code, fragment) in cases {
         let (got, reply) = api
@@ -590,11 +615,16 @@ async fn canary_checks_refuse_bad_versions() {
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     support::sign_component(&core);
-    let (status, reply) = api.upload(&core, Some(&signature_of(&core)), ADMIN_TOKEN).await;
+    let (status, reply) = api
+        .upload(&core, Some(&signature_of(&core)), ADMIN_TOKEN)
+        .await;
     assert_eq!(status, 422, "{reply}");
     assert_eq!(reply["error"]["code"], "plugin_invalid");
     assert!(
-        reply["error"]["message"].as_str().unwrap().contains("core WebAssembly module"),
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("core WebAssembly module"),
         "{reply}"
     );
 
@@ -608,7 +638,10 @@ async fn canary_checks_refuse_bad_versions() {
     assert_eq!(reply["active"], false);
     let (status, reply) = api.activate("versioned", "1.6.0").await;
     assert_eq!(status, 409, "{reply}");
-    assert_eq!(api.active_version("versioned").await.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        api.active_version("versioned").await.as_deref(),
+        Some("1.0.0")
+    );
 
     let (status, reply) = api.rollback("versioned").await;
     assert_eq!(status, 409, "nothing to roll back to: {reply}");
@@ -616,7 +649,7 @@ async fn canary_checks_refuse_bad_versions() {
 }
 
 /// A file copied into the watched plugin directory is installed and
-/// activated; an unsigned one is refused and the daemon goes on. After a
+/// activated; an unsigned one is rejected and the daemon goes on. After a
 /// rollback and a restart, the rolled-back version stays active although
 /// the newer file is still in the directory.
 #[tokio::test]
@@ -633,14 +666,20 @@ async fn watched_directory_and_rollback_survive_restart() {
     support::copy_signed_plugin(&v110, &plugins);
     let deadline = Instant::now() + Duration::from_secs(30);
     while api.active_version("versioned").await.as_deref() != Some("1.1.0") {
-        assert!(Instant::now() < deadline, "the copied 1.1.0 was not installed");
+        assert!(
+            Instant::now() < deadline,
+            "the copied 1.1.0 was not installed"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // Unsigned: no .sig beside it.
     std::fs::copy(&v200, plugins.join("unsigned-2.0.0.wasm")).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(api.active_version("versioned").await.as_deref(), Some("1.1.0"));
+    assert_eq!(
+        api.active_version("versioned").await.as_deref(),
+        Some("1.1.0")
+    );
     let (status, _) = api.post_alerts(wazuh_alert(1)).await;
     assert_eq!(status, 202, "the daemon still takes alerts");
     std::fs::remove_file(plugins.join("unsigned-2.0.0.wasm")).unwrap();
@@ -670,7 +709,7 @@ async fn watched_directory_and_rollback_survive_restart() {
 
 /// `palisade plugin keygen`, `sign --embed` and `install` on the database
 /// directly: an embedded signature by a newly trusted key is accepted, and
-/// the same file with one byte changed is refused with the reason.
+/// the same file with one byte changed is rejected with the reason.
 #[test]
 fn author_signs_and_operator_installs_from_the_command_line() {
     let v110 = version("1.1.0");
@@ -686,7 +725,14 @@ fn author_signs_and_operator_installs_from_the_command_line() {
             .unwrap()
     };
     let keys = dir.path().join("keys");
-    let output = palisade(&["plugin", "keygen", "--dir", keys.to_str().unwrap(), "--name", "acme"]);
+    let output = palisade(&[
+        "plugin",
+        "keygen",
+        "--dir",
+        keys.to_str().unwrap(),
+        "--name",
+        "acme",
+    ]);
     assert!(output.status.success(), "{output:?}");
     // The operator trusts the author's public key.
     let text = std::fs::read_to_string(&config).unwrap().replace(
@@ -721,21 +767,35 @@ fn author_signs_and_operator_installs_from_the_command_line() {
     let output = palisade(&["plugin", "install", signed.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
-    assert!(stdout.contains("versioned 1.1.0: installed and active"), "{stdout}");
+    assert!(
+        stdout.contains("versioned 1.1.0: installed and active"),
+        "{stdout}"
+    );
     assert!(stdout.contains("signed by  acme"), "{stdout}");
 
     let output = palisade(&["plugin", "history", "versioned"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
-    assert!(stdout.contains("activated") && stdout.contains("1.1.0"), "{stdout}");
+    assert!(
+        stdout.contains("activated") && stdout.contains("1.1.0"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn possible_versions_cover_swaps_in_flight() {
     let at = |s: i64| DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap();
     let swaps = [
-        Swap { sent: at(10), answered: at(11), version: "1.1.0".into() },
-        Swap { sent: at(20), answered: at(21), version: "2.0.0".into() },
+        Swap {
+            sent: at(10),
+            answered: at(11),
+            version: "1.1.0".into(),
+        },
+        Swap {
+            sent: at(20),
+            answered: at(21),
+            version: "2.0.0".into(),
+        },
     ];
     let list = |posted, started| {
         possible_versions(&swaps, "1.0.0", at(posted), at(started))

@@ -1136,17 +1136,23 @@ async fn random_bytes_fail_to_compile() {
 }
 
 #[tokio::test]
-async fn unknown_import_fails_to_link() {
+async fn unknown_import_is_rejected() {
     let runtime = Runtime::new(RuntimeConfig::default(), None, None).unwrap();
     let error = runtime
         .load(&components().hostile_import, |_| grant_origins(&[]))
         .await
         .err()
         .expect("a component with an unknown import loaded");
-    assert!(matches!(error, LoadError::Link { .. }), "{error:?}");
+    assert!(
+        matches!(error, LoadError::ForeignImport { .. }),
+        "{error:?}"
+    );
     let message = error.to_string();
-    assert!(message.contains("does not fit"), "{message}");
-    assert!(message.contains("backdoor"), "{message}");
+    assert!(message.contains("does not offer"), "{message}");
+    assert!(
+        message.contains("palisade-fixture:hostile-import/backdoor"),
+        "{message}"
+    );
     assert!(runtime.plugin("hostile-import").is_none());
 }
 

@@ -1,7 +1,7 @@
-//! Plugin signatures on the real components: every bundled plugin carries a
-//! detached signature by the development key that a test configuration
-//! trusts, and a component with an embedded signature still loads and runs,
-//! because the signature is a custom section that wasmtime skips.
+//! Plugin signatures on the real components. Every bundled plugin carries
+//! a detached signature by the development key that a test configuration
+//! trusts. A component with an embedded signature still loads and runs,
+//! because the signature is a custom section, which wasmtime ignores.
 
 mod support;
 

@@ -55,17 +55,31 @@ impl Daemon {
         Self::spawn(config, Stdio::from(file), Some("trace"))
     }
 
+    /// Starts the daemon with the global options `args` and the
+    /// environment variables `env`, its standard error written to `log`.
+    pub fn start_with(config: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        Self::launch(config, Stdio::from(file), args, env)
+    }
+
     fn spawn(config: &Path, stderr: Stdio, log_level: Option<&str>) -> Self {
+        let env: Vec<(&str, &str)> = log_level
+            .map(|level| ("RUST_LOG", level))
+            .into_iter()
+            .collect();
+        Self::launch(config, stderr, &[], &env)
+    }
+
+    fn launch(config: &Path, stderr: Stdio, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
         command
             .arg("--config")
             .arg(config)
+            .args(args)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr);
-        if let Some(level) = log_level {
-            command.env("RUST_LOG", level);
-        }
         let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
@@ -82,7 +96,7 @@ impl Daemon {
         }
     }
 
-    /// A client that sends the test configurations' admin token.
+    /// Returns a client that sends the test configurations' admin token.
     pub fn client(&self) -> reqwest::Client {
         client_with_token(TEST_ADMIN_TOKEN)
     }
@@ -111,7 +125,9 @@ impl Daemon {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: {text}"));
+        // A body that is not JSON, such as the metrics page, comes back as
+        // a JSON string.
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, value)
     }
 

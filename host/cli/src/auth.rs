@@ -1,4 +1,4 @@
-//! Who may call which route of the HTTP API.
+//! Authentication and authorization of the HTTP API.
 //!
 //! A caller sends `Authorization: Bearer TOKEN`. Tokens are random 256-bit
 //! values written `pal_` and 43 base64url characters, so a leaked one is
@@ -42,7 +42,7 @@ pub const MAX_TOKEN_NAME_BYTES: usize = 64;
 /// The command that creates the first token, for messages.
 pub const CREATE_ADMIN_HINT: &str = "palisade token create --name NAME --role admin";
 
-/// What a token may do. Each role has a fixed set of [`Permission`]s.
+/// The role of a token, which grants a fixed set of [`Permission`]s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
@@ -92,15 +92,15 @@ impl fmt::Display for Role {
     }
 }
 
-/// What a route needs from its caller.
+/// The credential and access level a route requires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Permission {
-    /// Nothing: the route answers without a token.
+    /// No credential: the route responds without a token.
     Public,
     /// An HMAC signature of the body under a configured webhook secret,
     /// which the handler checks, in place of a token.
     Signature,
-    /// Reading cases, runs, approvals, quotas and playbooks.
+    /// Reading cases, runs, approvals, quotas, playbooks and metrics.
     Read,
     /// Changing cases, answering approvals, deciding on parked runs and
     /// checking playbooks.
@@ -159,21 +159,19 @@ const fn rule(method: Method, path: &'static str, permission: Permission) -> Rou
 
 /// The permission of every route. A route the router serves but this
 /// table lacks needs [`Permission::Admin`]. `HEAD` takes the permission
-/// of `GET`.
+/// of `GET`. `rustfmt::skip` keeps the table at one route per line.
+#[rustfmt::skip]
 pub const ROUTES: &[RouteRule] = &[
     rule(Method::GET, "/v1/health", Permission::Public),
     rule(Method::GET, "/v1/openapi.json", Permission::Public),
+    rule(Method::GET, "/metrics", Permission::Read),
     rule(Method::POST, "/v1/alerts", Permission::Ingest),
     rule(Method::POST, "/v1/webhooks/{source}", Permission::Signature),
     rule(Method::GET, "/v1/runs", Permission::Read),
     rule(Method::GET, "/v1/runs/{id}", Permission::Read),
     rule(Method::POST, "/v1/runs/{id}/resume", Permission::Triage),
     rule(Method::GET, "/v1/approvals", Permission::Read),
-    rule(
-        Method::POST,
-        "/v1/approvals/{run}/{step}",
-        Permission::Triage,
-    ),
+    rule(Method::POST, "/v1/approvals/{run}/{step}", Permission::Triage),
     rule(Method::GET, "/v1/quotas", Permission::Read),
     rule(Method::GET, "/v1/cases", Permission::Read),
     rule(Method::GET, "/v1/cases/stats", Permission::Read),
@@ -181,11 +179,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule(Method::PATCH, "/v1/cases/{id}", Permission::Triage),
     rule(Method::POST, "/v1/cases/{id}/comments", Permission::Triage),
     rule(Method::POST, "/v1/cases/{id}/tasks", Permission::Triage),
-    rule(
-        Method::POST,
-        "/v1/cases/{id}/tasks/{task}/done",
-        Permission::Triage,
-    ),
+    rule(Method::POST, "/v1/cases/{id}/tasks/{task}/done", Permission::Triage),
     rule(Method::GET, "/v1/playbooks", Permission::Read),
     rule(Method::GET, "/v1/playbooks/{name}", Permission::Read),
     rule(Method::POST, "/v1/playbooks/check", Permission::Triage),
@@ -310,9 +304,9 @@ fn unauthenticated(message: String) -> Response {
     ApiError::new(ErrorCode::Unauthenticated, message).into_response()
 }
 
-/// The middleware that authenticates and authorises every request: it
-/// looks up the route's permission, identifies the bearer token, checks
-/// the token's role and adds the [`Identity`] for the handler. Routes that
+/// Authenticates and authorizes every request, as middleware: looks up
+/// the route's permission, identifies the bearer token, checks the
+/// token's role and adds the [`Identity`] for the handler. Routes that
 /// need no token pass through. A path that matches no route needs a valid
 /// token of any role, so a caller learns that a path does not exist only
 /// after authenticating. Tokens are never logged, only their names.
@@ -376,7 +370,7 @@ pub async fn authenticate(
 }
 
 /// The message of a 401: what was wrong with the header, and how to get a
-/// token. With no token anywhere, it says how to create the first one.
+/// token. With no token anywhere, it explains how to create the first one.
 fn missing_token_message(registry: &TokenRegistry, problem: &str) -> String {
     match registry.is_empty() {
         Ok(true) => format!(
@@ -533,12 +527,16 @@ mod tests {
                 )
             })
             .collect();
-        for route in table.difference(&documented) {
-            panic!("{route:?} is in the permission table but not in the OpenAPI document");
-        }
-        for route in documented.difference(&table) {
-            panic!("{route:?} is in the OpenAPI document but not in the permission table");
-        }
+        let undocumented: Vec<_> = table.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "in the permission table but not in the OpenAPI document: {undocumented:?}"
+        );
+        let unlisted: Vec<_> = documented.difference(&table).collect();
+        assert!(
+            unlisted.is_empty(),
+            "in the OpenAPI document but not in the permission table: {unlisted:?}"
+        );
 
         let codes: Vec<&str> =
             document["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]

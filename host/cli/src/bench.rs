@@ -72,16 +72,27 @@ pub struct BenchArgs {
     /// `noop.echo` calls timed alone and beside hostile calls.
     #[arg(long, value_name = "DIR")]
     pub zoo: Option<std::path::PathBuf>,
+    /// Directory of two or more signed builds of the `versioned` fixture
+    /// (`benches/swap.sh` makes them). Runs only the swap benchmark:
+    /// `--engine-runs` runs per phase on `--tasks` tasks.
+    #[arg(long, value_name = "DIR")]
+    pub swap: Option<std::path::PathBuf>,
+    /// Swaps during the swap benchmark.
+    #[arg(long, default_value_t = 100)]
+    pub swaps: usize,
+    /// Time between swaps, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    pub swap_interval_ms: u64,
 }
 
-struct Summary {
-    p50: Duration,
-    p99: Duration,
-    mean: Duration,
-    max: Duration,
+pub(crate) struct Summary {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub mean: Duration,
+    pub max: Duration,
 }
 
-fn summarise(mut samples: Vec<Duration>) -> Summary {
+pub(crate) fn summarise(mut samples: Vec<Duration>) -> Summary {
     samples.sort();
     let at = |fraction: f64| samples[((samples.len() - 1) as f64 * fraction).round() as usize];
     let total: Duration = samples.iter().sum();
@@ -94,6 +105,20 @@ fn summarise(mut samples: Vec<Duration>) -> Summary {
 }
 
 pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.swap {
+        crate::bench_swap::run(
+            config,
+            crate::bench_swap::SwapBench {
+                dir,
+                runs: args.engine_runs.max(1),
+                tasks: args.tasks,
+                swaps: args.swaps,
+                interval: Duration::from_millis(args.swap_interval_ms),
+            },
+        )
+        .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.iterations == 0 || args.block == 0 {
         anyhow::bail!("--iterations and --block must be at least 1");
     }
@@ -260,7 +285,7 @@ steps:
 /// Builds alert number `index`: a Wazuh file-integrity alert from its own
 /// agent with its own file hash, so every alert is new and opens its own
 /// case rather than joining one by correlation.
-fn synthetic_alert(index: usize) -> palisade_model::Alert {
+pub(crate) fn synthetic_alert(index: usize) -> palisade_model::Alert {
     let raw = json!({
         "timestamp": "2026-12-04T10:00:00.000+0000",
         "rule": { "level": 7, "id": "554", "description": "File added to the system." },

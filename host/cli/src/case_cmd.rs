@@ -95,7 +95,8 @@ pub struct Target {
 }
 
 impl Target {
-    /// The daemon at `--server`, with `token`, if one is given.
+    /// Returns a client of the daemon at `--server`, sending `token`, when
+    /// `--server` is given.
     fn client(&self, token: Option<&str>) -> Option<ApiClient> {
         self.server
             .as_deref()

@@ -34,7 +34,16 @@ impl PluginCaller for RuntimeCaller {
             version: call.version.map(str::to_string),
         };
         let (result, report) = match self.runtime.invoke(plugin, action, input, &context).await {
-            Ok(call) => (Ok(call.output), call.report),
+            Ok(call) => {
+                tracing::debug!(
+                    plugin.name = %plugin,
+                    plugin.action = %action,
+                    plugin.version = %call.report.plugin_version,
+                    duration_us = call.report.duration_us,
+                    "plugin call succeeded"
+                );
+                (Ok(call.output), call.report)
+            }
             Err(failure) => {
                 tracing::debug!(run.id = %run_id, step.id = %step_id, plugin.name = %plugin, error = %failure.error, "plugin call failed");
                 let error = StepError {
@@ -44,6 +53,13 @@ impl PluginCaller for RuntimeCaller {
                 (Err(error), failure.report)
             }
         };
+        crate::metrics::global().record_plugin_call(&crate::metrics::PluginCall {
+            plugin,
+            action,
+            version: &report.plugin_version,
+            duration: std::time::Duration::from_micros(report.duration_us),
+            error_kind: result.as_ref().err().map(|error| error.kind.as_str()),
+        });
         StepOutcome {
             result,
             plugin_version: (!report.plugin_version.is_empty()).then_some(report.plugin_version),
@@ -194,7 +210,8 @@ pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<
 
     let caller = Arc::new(RuntimeCaller { runtime });
     let store_dyn: Arc<dyn Store> = store.clone();
-    let engine = Engine::new(store_dyn, caller.clone(), playbooks)?;
+    let engine = Engine::new(store_dyn, caller.clone(), playbooks)?
+        .with_observer(Arc::new(crate::metrics::RunCounter));
     Ok(Host {
         store,
         engine,
@@ -270,7 +287,7 @@ pub async fn build_runtime_only(config: &Config) -> anyhow::Result<Runtime> {
         match trust.verify(&bytes, detached.as_deref()) {
             Ok(_) => {}
             Err(palisade_signing::TrustError::Missing) if config.trust.allow_unsigned => {}
-            Err(error) => anyhow::bail!("plugin {} is refused: {error}", path.display()),
+            Err(error) => anyhow::bail!("plugin {} is rejected: {error}", path.display()),
         }
         let (unsigned, _) = palisade_signing::split(&bytes)?;
         let loaded = runtime

@@ -8,11 +8,13 @@ mod api_error;
 pub mod audit_cmd;
 pub mod auth;
 pub mod bench;
+mod bench_swap;
 mod case_api;
 pub mod case_cmd;
 pub mod config;
 mod export_cmd;
 pub mod host;
+pub mod metrics;
 mod output;
 mod playbook_api;
 mod playbook_test;
@@ -61,6 +63,18 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub verbose: bool,
 
+    /// Format of the log lines on standard error: `text` for people, or
+    /// `json` for one JSON object a line with the fields of the current
+    /// run, step and plugin-call spans.
+    #[arg(
+        long,
+        global = true,
+        env = "PALISADE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+
     /// API token (`pal_...`) sent to the daemon by commands given
     /// `--server`. The environment variable keeps it out of the process
     /// list.
@@ -69,6 +83,13 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Format of the diagnostics on standard error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -310,8 +331,15 @@ pub enum SecretCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// List loaded plugins with their versions and actions.
-    List,
+    /// List installed plugins: the active version and every version kept,
+    /// from the daemon at --server or the database. Before the first
+    /// start, it lists the components of the plugin directory.
+    List {
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a plugin's actions and its requested versus granted capabilities.
     Show { name: String },
     /// Install a plugin component after checking its signature, its
@@ -815,11 +843,16 @@ async fn plugin_command(
             sign_cmd::sign(&file, &key, embed, output.as_deref())?;
             return Ok(ExitCode::SUCCESS);
         }
-        PluginCommand::List | PluginCommand::Show { .. } => {}
+        PluginCommand::List { ref server, json } => {
+            if let Some(listed) = plugin_cmd::list(config, client(server.clone())).await? {
+                return plugin_cmd::print_list(&listed, json);
+            }
+        }
+        PluginCommand::Show { .. } => {}
     }
     let host = host::build_runtime_only(config).await?;
     match command {
-        PluginCommand::List => {
+        PluginCommand::List { .. } => {
             for plugin in host.plugins() {
                 let actions: Vec<&str> = plugin
                     .info

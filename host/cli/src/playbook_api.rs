@@ -143,14 +143,16 @@ fn check_text(catalog: &PlaybookCatalog, text: &str) -> std::io::Result<Vec<Diag
     std::fs::write(&path, text)?;
     let mut files = vec![path.clone()];
     files.extend(catalog.files.iter().cloned());
-    let shown = path.display().to_string();
+    let scratch_path = path.display().to_string();
     let diagnostics = palisade_engine::check_files(&files, catalog.caller.as_ref())
         .into_iter()
         .filter(|diagnostic| diagnostic.path == path)
         .map(|mut diagnostic| {
             diagnostic.path = PathBuf::from(BODY_FILE);
-            diagnostic.message = diagnostic.message.replace(&shown, BODY_FILE);
-            diagnostic.hint = diagnostic.hint.map(|hint| hint.replace(&shown, BODY_FILE));
+            diagnostic.message = diagnostic.message.replace(&scratch_path, BODY_FILE);
+            diagnostic.hint = diagnostic
+                .hint
+                .map(|hint| hint.replace(&scratch_path, BODY_FILE));
             diagnostic
         })
         .collect();

@@ -249,3 +249,64 @@ pub async fn history(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The installed plugins with their versions, from the daemon or the
+/// database; `None` when the database holds none yet.
+pub async fn list(config: &Config, client: Option<ApiClient>) -> anyhow::Result<Option<Value>> {
+    if let Some(client) = client {
+        return Ok(Some(client.get("/v1/plugins").await?["plugins"].clone()));
+    }
+    let store = host::open_store(config).context(
+        "cannot open the database; while the daemon runs, list through it with `--server URL`",
+    )?;
+    let active: std::collections::BTreeMap<String, String> =
+        store.active_plugin_versions()?.into_iter().collect();
+    let mut plugins: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for record in store.plugin_versions()? {
+        plugins.entry(record.name.clone()).or_default().push(json!({
+            "version": record.version,
+            "digest": record.digest,
+            "signer": record.signer,
+            "installed_at": record.installed_at,
+            "source": record.source,
+        }));
+    }
+    if plugins.is_empty() {
+        return Ok(None);
+    }
+    let listed = plugins
+        .into_iter()
+        .map(|(name, versions)| {
+            json!({
+                "name": name,
+                "active_version": active.get(&name),
+                "versions": versions,
+            })
+        })
+        .collect();
+    Ok(Some(Value::Array(listed)))
+}
+
+/// Prints one line per plugin: name, active version, kept versions.
+pub fn print_list(listed: &Value, json_output: bool) -> anyhow::Result<ExitCode> {
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(listed)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<16} {:<10} VERSIONS", "PLUGIN", "ACTIVE");
+    for plugin in listed.as_array().into_iter().flatten() {
+        let versions: Vec<&str> = plugin["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|version| version["version"].as_str())
+            .collect();
+        println!(
+            "{:<16} {:<10} {}",
+            plugin["name"].as_str().unwrap_or("?"),
+            plugin["active_version"].as_str().unwrap_or("-"),
+            versions.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -5,7 +5,7 @@
 //! version:
 //! 1. the signature, against the operator's trusted keys (unsigned only
 //!    with `[trust] allow_unsigned`; a present but invalid signature is
-//!    refused even then);
+//!    rejected even then);
 //! 2. the runtime's canary check ([`Runtime::prepare`]): a component, a
 //!    compatible world, known imports, a `describe` that parses, a
 //!    kebab-case name and a semantic version, all compiled on the blocking
@@ -38,7 +38,7 @@ use crate::audit_cmd::{PluginIdentity, audit_plugins};
 /// Name of the optional action an install runs as the canary's self-test.
 pub const SELF_TEST_ACTION: &str = "self-test";
 
-/// Why an install, activation or rollback was refused. Each variant maps to
+/// Why an install, activation or rollback was rejected. Each variant maps to
 /// one stable API error code.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -277,7 +277,12 @@ impl Registry {
             None => false,
         };
         if !already_installed {
-            let file = self.write_component(&name, &version, &loaded.digest, &unsigned)?;
+            let file = {
+                let (dir, name, version) = (self.dir.clone(), name.clone(), version.clone());
+                let digest = loaded.digest.clone();
+                self.blocking(move |_| write_component(&dir, &name, &version, &digest, &unsigned))
+                    .await?
+            };
             let record = PluginVersionRecord {
                 name: name.clone(),
                 version: version.clone(),
@@ -293,21 +298,23 @@ impl Registry {
                 capabilities: serde_json::to_value(&loaded.info.capabilities).unwrap_or_default(),
                 imports: loaded.imports.clone(),
             };
-            self.store.put_plugin_version(&record).map_err(storage)?;
-            self.record_event(&name, "installed", &version, None, &request.actor)?;
+            self.blocking(move |store| store.put_plugin_version(&record).map_err(storage))
+                .await?;
+            self.record_event(&loaded, "installed", None, &request.actor)
+                .await?;
             self.runtime.add_version(loaded.clone())?;
         }
         let active_now = self.runtime.plugin(&name).map(|p| p.info.version.clone());
         let mut replaced = None;
         if request.activate && active_now.as_deref() != Some(&version) {
-            replaced = self.publish(&loaded, "activated", &request.actor)?;
+            replaced = self.publish(&loaded, "activated", &request.actor).await?;
         } else if active_now.as_deref() == Some(&version)
             && self.store.active_plugin_version(&name).map_err(storage)? != Some(version.clone())
         {
             // The first version of a plugin became active when it was
             // added; the registry records that too.
-            self.record_event(&name, "activated", &version, None, &request.actor)?;
-            self.audit(&loaded)?;
+            self.record_event(&loaded, "activated", None, &request.actor)
+                .await?;
         }
         let active = self
             .runtime
@@ -368,7 +375,7 @@ impl Registry {
         }
     }
 
-    /// Refuses a version that lacks an action a loaded playbook calls,
+    /// Rejects a version that lacks an action a loaded playbook calls,
     /// unless that playbook's requirement excludes the version anyway.
     fn check_callers(&self, loaded: &LoadedPlugin) -> Result<(), RegistryError> {
         let callers = self.callers.read().unwrap_or_else(|e| e.into_inner());
@@ -390,66 +397,53 @@ impl Registry {
         Ok(())
     }
 
-    /// Writes the component file, named by plugin, version and digest, by
-    /// writing a temporary file and renaming it, so a crash never leaves a
-    /// half-written component under the final name.
-    fn write_component(
+    /// Runs `work` on the blocking pool: the store's writes flush to disk,
+    /// and a flush must not hold an async worker that runs playbooks.
+    async fn blocking<T: Send + 'static>(
         &self,
-        name: &str,
-        version: &str,
-        digest: &str,
-        bytes: &[u8],
-    ) -> Result<String, RegistryError> {
-        let file = format!("{name}-{version}-{}.wasm", &digest[..16]);
-        std::fs::create_dir_all(&self.dir).map_err(|error| {
-            storage(format!(
-                "cannot create plugin store {}: {error}",
-                self.dir.display()
-            ))
-        })?;
-        let path = self.dir.join(&file);
-        let temporary = self.dir.join(format!(".{file}.partial"));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut out = std::fs::File::create(&temporary)?;
-            out.write_all(bytes)?;
-            out.sync_all()?;
-            std::fs::rename(&temporary, &path)
-        };
-        write().map_err(|error| storage(format!("cannot write {}: {error}", path.display())))?;
-        Ok(file)
+        work: impl FnOnce(&SledStore) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, RegistryError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(storage)?
     }
 
-    fn record_event(
+    /// Stores `action` on `version` in the plugin's history (making it
+    /// active unless it is `installed`), with a `plugin_changed` audit
+    /// record for an activation.
+    async fn record_event(
         &self,
-        plugin: &str,
+        loaded: &LoadedPlugin,
         action: &str,
-        version: &str,
         previous: Option<String>,
         actor: &str,
-    ) -> Result<PluginEvent, RegistryError> {
-        self.store
-            .record_plugin_event(PluginEvent {
-                seq: 0,
-                at: Utc::now(),
-                plugin: plugin.to_string(),
-                action: action.to_string(),
-                version: version.to_string(),
-                previous,
-                actor: actor.to_string(),
-            })
-            .map_err(storage)
+    ) -> Result<(), RegistryError> {
+        let event = PluginEvent {
+            seq: 0,
+            at: Utc::now(),
+            plugin: loaded.info.name.clone(),
+            action: action.to_string(),
+            version: loaded.info.version.clone(),
+            previous,
+            actor: actor.to_string(),
+        };
+        let identity = (action != "installed").then(|| PluginIdentity::from(loaded));
+        self.blocking(move |store| {
+            store.record_plugin_event(event).map_err(storage)?;
+            if let Some(identity) = identity {
+                let store: &dyn Store = store;
+                audit_plugins(store, &[identity]).map_err(storage)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
-    fn audit(&self, loaded: &LoadedPlugin) -> Result<(), RegistryError> {
-        let store: &dyn Store = self.store.as_ref();
-        audit_plugins(store, &[PluginIdentity::from(loaded)]).map_err(storage)?;
-        Ok(())
-    }
-
-    /// Stores the activation, then publishes `loaded` in the runtime.
-    /// Returns the version it replaced.
-    fn publish(
+    /// Stores the activation, then publishes `loaded` in the runtime, so a
+    /// published version is always on record. Returns the version it
+    /// replaced.
+    async fn publish(
         &self,
         loaded: &Arc<LoadedPlugin>,
         action: &str,
@@ -457,9 +451,9 @@ impl Registry {
     ) -> Result<Option<String>, RegistryError> {
         let name = &loaded.info.name;
         let previous = self.runtime.plugin(name).map(|p| p.info.version.clone());
-        self.record_event(name, action, &loaded.info.version, previous, actor)?;
+        self.record_event(loaded, action, previous, actor).await?;
         let replaced = self.runtime.publish(loaded.clone())?;
-        self.audit(loaded)?;
+        crate::metrics::global().record_plugin_swap(name);
         tracing::info!(
             plugin.name = %name,
             plugin.version = %loaded.info.version,
@@ -486,7 +480,7 @@ impl Registry {
         })?;
         self.check_callers(&loaded)?;
         let _guard = self.lock.lock().await;
-        self.publish(&loaded, "activated", actor)
+        self.publish(&loaded, "activated", actor).await
     }
 
     /// Makes the version that was active before the current one active
@@ -518,7 +512,7 @@ impl Registry {
                 version: target.clone(),
             }
         })?;
-        let replaced = self.publish(&loaded, "rolled_back", actor)?;
+        let replaced = self.publish(&loaded, "rolled_back", actor).await?;
         Ok((target, replaced))
     }
 
@@ -699,16 +693,44 @@ impl Registry {
     }
 }
 
+/// Writes the component file, named by plugin, version and digest, by
+/// writing a temporary file and renaming it, so a crash never leaves a
+/// half-written component under the final name.
+fn write_component(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    digest: &str,
+    bytes: &[u8],
+) -> Result<String, RegistryError> {
+    let file = format!("{name}-{version}-{}.wasm", &digest[..16]);
+    std::fs::create_dir_all(dir).map_err(|error| {
+        storage(format!(
+            "cannot create plugin store {}: {error}",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join(&file);
+    let temporary = dir.join(format!(".{file}.partial"));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = std::fs::File::create(&temporary)?;
+        out.write_all(bytes)?;
+        out.sync_all()?;
+        std::fs::rename(&temporary, &path)
+    };
+    write().map_err(|error| storage(format!("cannot write {}: {error}", path.display())))?;
+    Ok(file)
+}
+
 /// The versions made active, oldest first, with each rollback undoing the
 /// activation on top.
 fn activation_stack(events: &[PluginEvent]) -> Vec<String> {
     let mut stack: Vec<String> = Vec::new();
     for event in events {
         match event.action.as_str() {
-            "activated" => {
-                if stack.last() != Some(&event.version) {
-                    stack.push(event.version.clone());
-                }
+            "activated" if stack.last() != Some(&event.version) => {
+                stack.push(event.version.clone());
             }
             "rolled_back" => {
                 while stack.len() > 1 && stack.last() != Some(&event.version) {
@@ -815,7 +837,7 @@ pub fn watch_directory(
                     Err(error) => tracing::error!(
                         path = %component.display(),
                         %error,
-                        "plugin from the watched directory refused"
+                        "plugin from the watched directory rejected"
                     ),
                 }
             }

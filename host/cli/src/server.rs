@@ -6,7 +6,7 @@
 //! finished when the daemon stopped is resumed at the next start.
 //!
 //! Every route is listed in [`crate::auth::ROUTES`] with the permission it
-//! needs; a route added here needs its line there too, or only admin
+//! needs. A route added here needs its line there too, or only admin
 //! tokens can use it. The OpenAPI document, [`OPENAPI_DOCUMENT`], describes
 //! every route of that table.
 
@@ -32,8 +32,8 @@ use crate::api_error::{Body, ErrorCode, MAX_ALERT_BODY_BYTES, MAX_BODY_BYTES};
 use crate::auth::{self, Identity};
 use crate::config::{Config, ConfiguredSecrets};
 use crate::host::{self, RuntimeCaller};
-use crate::plugin_api;
 use crate::playbook_api::{self, PlaybookCatalog, PlaybookState};
+use crate::plugin_api;
 use crate::token_api::{self, TokenRegistry, TokenState};
 use crate::webhook::Webhooks;
 
@@ -169,8 +169,14 @@ pub async fn serve(
     let app = router(state, tokens);
     // Operators who deploy by copying files into the plugin directory get
     // each new file installed as `palisade plugin install` would.
-    let _watcher = crate::registry::watch_directory(host.registry.clone(), config.plugins_dir.clone())
-        .with_context(|| format!("cannot watch plugin directory {}", config.plugins_dir.display()))?;
+    let _watcher =
+        crate::registry::watch_directory(host.registry.clone(), config.plugins_dir.clone())
+            .with_context(|| {
+                format!(
+                    "cannot watch plugin directory {}",
+                    config.plugins_dir.display()
+                )
+            })?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -279,6 +285,7 @@ fn router(state: Arc<AppState>, tokens: Arc<TokenRegistry>) -> Router {
     let alert_limit = DefaultBodyLimit::max(MAX_ALERT_BODY_BYTES);
     Router::new()
         .route("/v1/health", get(health))
+        .route("/metrics", get(serve_metrics))
         .route("/v1/openapi.json", get(openapi_document))
         .route("/v1/alerts", post(ingest).layer(alert_limit))
         .route(
@@ -301,14 +308,23 @@ fn router(state: Arc<AppState>, tokens: Arc<TokenRegistry>) -> Router {
         .route("/v1/tokens/{name}", delete(token_api::revoke_token))
         .route(
             "/v1/plugins",
-            get(plugin_api::list_plugins).post(plugin_api::install_plugin).layer(
-                DefaultBodyLimit::max(plugin_api::MAX_PLUGIN_BYTES),
-            ),
+            get(plugin_api::list_plugins)
+                .post(plugin_api::install_plugin)
+                .layer(DefaultBodyLimit::max(plugin_api::MAX_PLUGIN_BYTES)),
         )
         .route("/v1/plugins/{name}", get(plugin_api::show_plugin))
-        .route("/v1/plugins/{name}/history", get(plugin_api::plugin_history))
-        .route("/v1/plugins/{name}/activate", post(plugin_api::activate_plugin))
-        .route("/v1/plugins/{name}/rollback", post(plugin_api::rollback_plugin))
+        .route(
+            "/v1/plugins/{name}/history",
+            get(plugin_api::plugin_history),
+        )
+        .route(
+            "/v1/plugins/{name}/activate",
+            post(plugin_api::activate_plugin),
+        )
+        .route(
+            "/v1/plugins/{name}/rollback",
+            post(plugin_api::rollback_plugin),
+        )
         .merge(crate::case_api::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -340,6 +356,18 @@ async fn unknown_route(uri: axum::http::Uri) -> ApiError {
 
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// Renders the Prometheus metrics (see [`crate::metrics`]) with the queue
+/// depth and the runtime's plugin versions and quota waits as they are
+/// now.
+async fn serve_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let queue_depth = state.queue.max_capacity() - state.queue.capacity();
+    let live = crate::metrics::LiveState::read(&state.caller.runtime, queue_depth);
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::global().render(&live),
+    )
 }
 
 async fn openapi_document() -> impl IntoResponse {
@@ -388,6 +416,7 @@ async fn ingest_batch(state: &AppState, body: Bytes) -> Result<Response, ApiErro
         .await
         .map_err(internal)?
         .map_err(internal)?;
+    crate::metrics::global().record_alerts_ingested(outcome.accepted.len());
     for (alert, case_id) in outcome.to_run {
         if state
             .queue

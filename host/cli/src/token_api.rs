@@ -25,7 +25,7 @@ use crate::api_config::ConfiguredToken;
 use crate::api_error::{ApiError, Body, ErrorCode, internal};
 use crate::auth::{Identity, Role, check_token_name, generate_token, token_sha256};
 
-/// Where a token is kept.
+/// Storage location of a token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenSource {
@@ -109,7 +109,7 @@ impl TokenRegistry {
     /// Finds the token whose hash matches `token`. Every hash is compared
     /// in constant time, and all of them are compared, so the time taken
     /// does not show which one matched. A database record with an unknown
-    /// role matches nobody.
+    /// role matches no request.
     pub fn identify(&self, token: &str) -> Result<Option<Identity>, StoreError> {
         let presented = Sha256::digest(token.as_bytes());
         let mut found = None;

@@ -53,7 +53,7 @@ fn mac(secret: &[u8], timestamp: &str, body: &[u8]) -> HmacSha256 {
     mac
 }
 
-/// Why a signed request was rejected.
+/// Reason for rejecting a signed request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SignatureError {
     /// A header is absent; the name is the header's.
@@ -244,6 +244,7 @@ mod tests {
             Err(SignatureError::Mismatch),
             "timestamp not the signed one"
         );
+
         for stale in [
             NOW - MAX_CLOCK_SKEW_SECONDS - 1,
             NOW + MAX_CLOCK_SKEW_SECONDS + 1,
@@ -256,6 +257,7 @@ mod tests {
                 "{stale}"
             );
         }
+
         assert_eq!(
             check(None, Some(&signature), b"{}"),
             Err(SignatureError::Missing(TIMESTAMP_HEADER))
@@ -268,6 +270,7 @@ mod tests {
             check(Some("soon"), Some(&signature), b"{}"),
             Err(SignatureError::MalformedTimestamp("soon".into()))
         );
+
         for malformed in ["abc", "sha256=zz", "sha1=00", "sha256=abcd"] {
             assert_eq!(
                 check(Some(&timestamp), Some(malformed), b"{}"),

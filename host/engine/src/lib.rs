@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use palisade_model::{Alert, Case, Observable, RunStatus, Severity};
+use palisade_model::{Alert, Case, Observable, RunRecord, RunStatus, Severity};
 use palisade_store::{Store, StoreError};
 use serde_json::{Map, Value};
 
@@ -66,6 +66,21 @@ pub struct IngestReport {
     pub runs: Vec<(String, RunStatus)>,
 }
 
+/// Receives the start and each stop of every run the engine drives, such
+/// as a metrics registry. Both are called after the run is stored, on the
+/// task that drives it, so an implementation must return quickly.
+pub trait RunObserver: Send + Sync {
+    /// Receives a new run once it is stored: a run on an alert or a
+    /// sub-playbook's run.
+    fn run_started(&self, run: &RunRecord);
+
+    /// Receives `run` when a drive of it stops in `run.status`: `succeeded`
+    /// or `failed` when the run ended, `waiting` or `parked` when it
+    /// continues later. A run that waits or parks is received again when
+    /// its next drive stops.
+    fn run_stopped(&self, run: &RunRecord);
+}
+
 /// The service layer: stores alerts, groups them into cases and runs the
 /// playbooks whose trigger matches.
 pub struct Engine<C: PluginCaller> {
@@ -76,6 +91,7 @@ pub struct Engine<C: PluginCaller> {
     /// Runs a task of this process is driving, so that no run is driven
     /// twice at once.
     claims: Mutex<HashSet<String>>,
+    observer: Option<Arc<dyn RunObserver>>,
 }
 
 impl<C: PluginCaller> Engine<C> {
@@ -97,7 +113,14 @@ impl<C: PluginCaller> Engine<C> {
             playbooks,
             templates: Templates::new(),
             claims: Mutex::new(HashSet::new()),
+            observer: None,
         })
+    }
+
+    /// Reports the start and every stop of each run to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn RunObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -197,6 +197,18 @@ impl<C: PluginCaller> Engine<C> {
         self.audit_run(actor, "step_finished", run, detail)
     }
 
+    fn observe_start(&self, run: &RunRecord) {
+        if let Some(observer) = &self.observer {
+            observer.run_started(run);
+        }
+    }
+
+    fn observe_stop(&self, run: &RunRecord) {
+        if let Some(observer) = &self.observer {
+            observer.run_stopped(run);
+        }
+    }
+
     fn claim(&self, run_id: &str) -> Option<Claim<'_>> {
         let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
         claims.insert(run_id.to_string()).then(|| Claim {
@@ -286,7 +298,10 @@ impl<C: PluginCaller> Engine<C> {
         let requirement = self
             .playbook(&run.playbook)
             .and_then(|playbook| playbook.version_requirement(plugin));
-        match (self.caller.resolve(plugin, requirement.as_ref()), requirement) {
+        match (
+            self.caller.resolve(plugin, requirement.as_ref()),
+            requirement,
+        ) {
             (Some(version), _) => Ok(Some(version)),
             (None, Some(requirement)) => Err(format!(
                 "no loaded version of plugin {plugin:?} meets the playbook's requirement {requirement}; install one with `palisade plugin install` or change `plugins.{plugin}`"
@@ -321,6 +336,7 @@ impl<C: PluginCaller> Engine<C> {
         };
         self.store.put_run(&run)?;
         self.audit_run("engine", "run_started", &run, json!({}))?;
+        self.observe_start(&run);
         self.drive_claimed(playbook, alert, run).await
     }
 
@@ -578,6 +594,7 @@ impl<C: PluginCaller> Engine<C> {
             &run,
             json!({ "error_kind": "unresumable" }),
         )?;
+        self.observe_stop(&run);
         Ok(run)
     }
 
@@ -591,7 +608,7 @@ impl<C: PluginCaller> Engine<C> {
         run: RunRecord,
         forced: Option<(&str, &str)>,
     ) -> Result<RunRecord, EngineError> {
-        let span = tracing::debug_span!("run", run.id = %run.id, playbook = %playbook.name);
+        let span = tracing::info_span!("run", run.id = %run.id, playbook = %playbook.name);
         self.drive_steps(playbook, alert, run, forced)
             .instrument(span)
             .await
@@ -616,11 +633,11 @@ impl<C: PluginCaller> Engine<C> {
             match plan {
                 Plan::Work(units) => {
                     let journal = std::sync::Mutex::new(std::mem::take(&mut run.steps));
-                    let results =
-                        futures::future::join_all(units.iter().map(|unit| {
-                            self.run_unit(&run, alert, unit, &journal, &context, forced)
-                        }))
-                        .await;
+                    let results = futures::future::join_all(units.iter().map(|unit| {
+                        self.run_unit(&run, alert, unit, &journal, &context, forced)
+                            .instrument(unit.span())
+                    }))
+                    .await;
                     run.steps = journal.into_inner().unwrap_or_else(|e| e.into_inner());
                     for result in results {
                         result?;
@@ -1146,6 +1163,7 @@ impl<C: PluginCaller> Engine<C> {
                 };
                 self.store.put_run(&child)?;
                 self.audit_run("engine", "run_started", &child, json!({ "parent": run.id }))?;
+                self.observe_start(&child);
                 child
             }
         };
@@ -1463,6 +1481,7 @@ impl<C: PluginCaller> Engine<C> {
         run.wake_at = Some(at);
         self.store.put_run(&run)?;
         self.audit_run("engine", "run_waiting", &run, json!({ "wake_at": at }))?;
+        self.observe_stop(&run);
         Ok(run)
     }
 
@@ -1483,6 +1502,7 @@ impl<C: PluginCaller> Engine<C> {
             case.record("run_parked", detail.clone(), Utc::now());
         })?;
         tracing::warn!(run.id = %run.id, step.id = %step.id, "run parked for a decision");
+        self.observe_stop(&run);
         Ok(run)
     }
 
@@ -1530,6 +1550,7 @@ impl<C: PluginCaller> Engine<C> {
             &run,
             json!({ "error_kind": error_kind }),
         )?;
+        self.observe_stop(&run);
         Ok(run)
     }
 }
@@ -1689,6 +1710,24 @@ impl<'p> Unit<'p> {
             list_failure: Some(message),
             ..Self::attempt(step, 0, 1, None, true)
         }
+    }
+
+    /// Creates the span of this attempt. `plugin.name` is set only for a
+    /// step that calls a plugin, and `item` only for an item of a
+    /// `for_each` step.
+    fn span(&self) -> tracing::Span {
+        let step = self.step;
+        let calls_plugin =
+            step.sub_playbook().is_none() && step.approval.is_none() && step.fail.is_none();
+        let plugin = calls_plugin.then(|| step.target().0);
+        let item = self.item.as_ref().map(|(position, _)| *position);
+        tracing::info_span!(
+            "step",
+            step.id = %step.id,
+            plugin.name = plugin,
+            item,
+            attempt = self.attempt,
+        )
     }
 
     /// Marks `record` with the unit's item and handled step.

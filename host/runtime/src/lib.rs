@@ -69,7 +69,7 @@ pub use crate::policy::{
 };
 pub use crate::quota::{
     CountStatus, InvalidQuota, OnExceed, PauseStatus, PluginQuotaStatus, QUOTA_NAMESPACE,
-    QuotaRule, QuotaStoreError, Quotas, RateRule, RateStatus, RuleStatus,
+    QuotaRule, QuotaStoreError, QuotaWaitTotals, Quotas, RateRule, RateStatus, RuleStatus,
 };
 
 /// Interval at which the ticker thread advances the engine's epoch.
@@ -392,7 +392,7 @@ impl Runtime {
     /// that resolves the plugin afterwards gets this version, and calls
     /// already running keep theirs. Earlier versions stay loaded for runs
     /// pinned to them. Returns the version it replaced, if any. Publishing
-    /// a version number already loaded with other bytes is refused.
+    /// a version number already loaded with other bytes is rejected.
     pub fn publish(&self, loaded: Arc<LoadedPlugin>) -> Result<Option<String>, LoadError> {
         let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
         let name = loaded.info.name.clone();
@@ -618,33 +618,34 @@ impl Runtime {
         let started = Instant::now();
         let limits = loaded.policy.limits().clone();
         let deadline = tokio::time::Instant::from_std(started + limits.wall_time());
-        let slot = match tokio::time::timeout_at(deadline, loaded.call_slots.permits.acquire()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_closed)) => {
-                return Err(queue_failure(
-                    loaded,
-                    started,
-                    CallError::Instantiate {
-                        message: "the plugin's call slots are closed".into(),
-                    },
-                ));
-            }
-            Err(_elapsed) => {
-                tracing::debug!(
-                    plugin.name = %loaded.info.name,
-                    concurrent_calls = limits.concurrent_calls,
-                    wall_ms = limits.wall_ms,
-                    "call timed out waiting for a concurrent-call slot"
-                );
-                return Err(queue_failure(
-                    loaded,
-                    started,
-                    CallError::Timeout {
-                        limit_ms: limits.wall_ms,
-                    },
-                ));
-            }
-        };
+        let slot =
+            match tokio::time::timeout_at(deadline, loaded.call_slots.permits.acquire()).await {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(_closed)) => {
+                    return Err(queue_failure(
+                        loaded,
+                        started,
+                        CallError::Instantiate {
+                            message: "the plugin's call slots are closed".into(),
+                        },
+                    ));
+                }
+                Err(_elapsed) => {
+                    tracing::debug!(
+                        plugin.name = %loaded.info.name,
+                        concurrent_calls = limits.concurrent_calls,
+                        wall_ms = limits.wall_ms,
+                        "call timed out waiting for a concurrent-call slot"
+                    );
+                    return Err(queue_failure(
+                        loaded,
+                        started,
+                        CallError::Timeout {
+                            limit_ms: limits.wall_ms,
+                        },
+                    ));
+                }
+            };
 
         let mut state = HostState::new(
             loaded.info.name.clone(),
@@ -864,8 +865,9 @@ fn is_plugin_name(name: &str) -> bool {
 }
 
 /// Version of the `palisade:plugin` package this host offers. A plugin
-/// built against a version with the same major and minor (for 0.x) or the
-/// same major (from 1.0) links; wasmtime matches such imports by semver.
+/// built against the same major and minor (for 0.x), or the same major and
+/// an equal or earlier minor (from 1.0), links; wasmtime matches such
+/// imports by semver.
 pub const WORLD_VERSION: &str = "0.1.0";
 
 /// Returns whether `bytes` start as a core WebAssembly module rather than
@@ -885,10 +887,15 @@ fn check_imports(path: &Path, imports: &[String]) -> Result<(), LoadError> {
             let version = rest
                 .split_once('@')
                 .and_then(|(_, version)| semver::Version::parse(version).ok());
+            // Under semver, 0.x minors break compatibility; from 1.0, a
+            // plugin built against a later minor may need newer imports.
             let compatible = version.is_some_and(|version| {
                 version.major == offered.major
-                    && (offered.major > 0 || version.minor == offered.minor)
-                    && version <= semver::Version::new(offered.major, offered.minor, u64::MAX)
+                    && if offered.major == 0 {
+                        version.minor == offered.minor
+                    } else {
+                        version.minor <= offered.minor
+                    }
             });
             if !compatible {
                 return Err(LoadError::IncompatibleWorld {
@@ -1082,6 +1089,44 @@ fn map_plugin_error(error: wit::PluginError) -> CallError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imports_must_match_the_offered_world() {
+        let path = Path::new("p.wasm");
+        let check = |imports: &[&str]| {
+            let imports: Vec<String> = imports.iter().map(|i| i.to_string()).collect();
+            check_imports(path, &imports)
+        };
+        let compatible = [
+            "palisade:plugin/http@0.1.0",
+            "palisade:plugin/log@0.1.7",
+            "wasi:cli/environment@0.2.3",
+        ];
+        assert!(check(&compatible).is_ok());
+        for import in [
+            "palisade:plugin/http@0.2.0",
+            "palisade:plugin/http@1.0.0",
+            "palisade:plugin/http",
+        ] {
+            let error = check(&[import]).unwrap_err();
+            assert!(
+                matches!(&error, LoadError::IncompatibleWorld { import: named, .. } if named == import),
+                "{import}: {error:?}"
+            );
+        }
+        let error = check(&["acme:spy/exfiltrate@1.0.0", "wasi:io/streams@0.2.0"]).unwrap_err();
+        assert!(
+            matches!(&error, LoadError::ForeignImport { imports, .. } if imports == &["acme:spy/exfiltrate@1.0.0"]),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn core_modules_are_told_apart_from_components() {
+        assert!(is_core_module(b"\0asm\x01\0\0\0rest"));
+        assert!(!is_core_module(b"\0asm\x0d\0\x01\0rest"));
+        assert!(!is_core_module(b"\0asm"));
+    }
 
     #[test]
     fn plugin_names_are_kebab_case() {

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
-use crate::sled_store::{SledStore, database, decode, encode};
 use crate::StoreError;
+use crate::sled_store::{SledStore, database, decode, encode};
 
 const VERSIONS: &str = "plugin_versions";
 const ACTIVE: &str = "plugin_active";
@@ -224,11 +224,21 @@ mod tests {
             let store = SledStore::open(dir.path()).unwrap();
             store.put_plugin_version(&record("vt", "1.0.0")).unwrap();
             store.put_plugin_version(&record("vt", "1.1.0")).unwrap();
-            store.put_plugin_version(&record("vt-extra", "2.0.0")).unwrap();
-            store.record_plugin_event(event("vt", "installed", "1.0.0")).unwrap();
-            store.record_plugin_event(event("vt", "activated", "1.0.0")).unwrap();
-            store.record_plugin_event(event("vt", "activated", "1.1.0")).unwrap();
-            store.record_plugin_event(event("vt", "rolled_back", "1.0.0")).unwrap();
+            store
+                .put_plugin_version(&record("vt-extra", "2.0.0"))
+                .unwrap();
+            store
+                .record_plugin_event(event("vt", "installed", "1.0.0"))
+                .unwrap();
+            store
+                .record_plugin_event(event("vt", "activated", "1.0.0"))
+                .unwrap();
+            store
+                .record_plugin_event(event("vt", "activated", "1.1.0"))
+                .unwrap();
+            store
+                .record_plugin_event(event("vt", "rolled_back", "1.0.0"))
+                .unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
         let versions: Vec<_> = store
@@ -237,9 +247,16 @@ mod tests {
             .into_iter()
             .map(|record| record.version)
             .collect();
-        assert_eq!(versions, ["1.0.0", "1.1.0"], "the prefix must not match vt-extra");
+        assert_eq!(
+            versions,
+            ["1.0.0", "1.1.0"],
+            "the prefix must not match vt-extra"
+        );
         assert_eq!(store.plugin_versions().unwrap().len(), 3);
-        assert_eq!(store.active_plugin_version("vt").unwrap().as_deref(), Some("1.0.0"));
+        assert_eq!(
+            store.active_plugin_version("vt").unwrap().as_deref(),
+            Some("1.0.0")
+        );
         assert_eq!(store.active_plugin_version("vt-extra").unwrap(), None);
         let history: Vec<_> = store
             .plugin_events("vt")
@@ -259,7 +276,11 @@ mod tests {
         assert_eq!(
             store.plugin_version("vt", "1.1.0").unwrap(),
             Some(record("vt", "1.1.0")).map(|mut r| {
-                r.installed_at = store.plugin_version("vt", "1.1.0").unwrap().unwrap().installed_at;
+                r.installed_at = store
+                    .plugin_version("vt", "1.1.0")
+                    .unwrap()
+                    .unwrap()
+                    .installed_at;
                 r
             })
         );

@@ -1,7 +1,7 @@
 //! API tokens of the daemon, kept in the `api_tokens` tree: token name to
 //! an [`ApiTokenRecord`] as JSON.
 //!
-//! A record holds the SHA-256 of its token, never the token. The caller
+//! A record contains the SHA-256 of its token, never the token. The caller
 //! generates the token, hashes it and shows it once. The role is opaque
 //! text here, because the roles and what they allow belong to the HTTP API.
 

@@ -25,6 +25,10 @@
 //! pause wait or fail as the rules that cover them specify, and fail when no
 //! rule covers them.
 //!
+//! Each plugin's registry also counts the requests that waited for
+//! admission and the time they waited, for metrics ([`Quotas::wait_totals`]).
+//! These totals live in memory and start from zero at each start.
+//!
 //! NOTE: token buckets, in-flight counts and pauses live in memory. After a
 //! restart every bucket is full, so a restart within a rate window can let
 //! one more burst through.
@@ -33,6 +37,7 @@ mod counts;
 mod rule;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -137,8 +142,13 @@ impl Quotas {
             states.push(state);
         }
 
-        let pauses = existing.map(|quotas| quotas.lock().pauses.clone());
-        let quotas = PluginQuotas::new(plugin, rules.to_vec(), states, pauses.unwrap_or_default());
+        let pauses = existing.as_ref().map(|quotas| quotas.lock().pauses.clone());
+        let mut quotas =
+            PluginQuotas::new(plugin, rules.to_vec(), states, pauses.unwrap_or_default());
+        if let Some(existing) = existing {
+            // New rules keep the totals, so the counters never go back.
+            quotas.waits = existing.waits.clone();
+        }
         if !self.counts.is_persistent() && rules.iter().any(RuleState::counts_calendar) {
             // Commands that only inspect plugins run without a store and
             // send nothing, so this is no cause for a warning.
@@ -171,6 +181,9 @@ impl Quotas {
         let origin = url.origin().ascii_serialization();
         let started = Instant::now();
         let mut queued: Option<QueueSlot> = None;
+        // Counts the wait when the request is admitted, refused after
+        // waiting, or dropped because its call ended.
+        let mut wait = WaitTimer::new(&quotas.waits);
         loop {
             // Register for wake-ups before checking, so a slot freed between
             // the check and the wait is not missed.
@@ -198,6 +211,7 @@ impl Quotas {
                 }
             }
             let wake_at = ready_at.unwrap_or(deadline).min(deadline);
+            wait.start(now);
             tokio::select! {
                 () = &mut released => {}
                 () = tokio::time::sleep_until(wake_at.into()) => {}
@@ -263,6 +277,21 @@ impl Quotas {
             .collect()
     }
 
+    /// Returns, for every plugin in the registry, how many requests
+    /// waited for admission and how long they waited in all, in plugin
+    /// name order. The totals count from the creation of this registry.
+    pub fn wait_totals(&self) -> Vec<QuotaWaitTotals> {
+        self.read_plugins()
+            .values()
+            .map(|quotas| QuotaWaitTotals {
+                plugin: quotas.name.clone(),
+                waits: quotas.waits.count.load(Ordering::Relaxed),
+                wait_seconds: Duration::from_nanos(quotas.waits.nanos.load(Ordering::Relaxed))
+                    .as_secs_f64(),
+            })
+            .collect()
+    }
+
     fn plugin(&self, name: &str) -> Arc<PluginQuotas> {
         if let Some(quotas) = self.read_plugins().get(name) {
             return quotas.clone();
@@ -298,6 +327,47 @@ struct PluginQuotas {
     state: Mutex<PluginState>,
     /// Signalled when a request in flight finishes.
     changed: Notify,
+    /// Shared with the registration this one replaced, if any.
+    waits: Arc<WaitCounters>,
+}
+
+/// Requests that waited for admission, and their waits in nanoseconds.
+#[derive(Default)]
+struct WaitCounters {
+    count: AtomicU64,
+    nanos: AtomicU64,
+}
+
+/// Adds one request's wait to [`WaitCounters`] when dropped, if the
+/// request waited at all.
+struct WaitTimer<'a> {
+    counters: &'a WaitCounters,
+    since: Option<Instant>,
+}
+
+impl<'a> WaitTimer<'a> {
+    fn new(counters: &'a WaitCounters) -> Self {
+        Self {
+            counters,
+            since: None,
+        }
+    }
+
+    /// Marks the request as waiting from `now`, unless it already is.
+    fn start(&mut self, now: Instant) {
+        self.since.get_or_insert(now);
+    }
+}
+
+impl Drop for WaitTimer<'_> {
+    fn drop(&mut self) {
+        let Some(since) = self.since else {
+            return;
+        };
+        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.counters.count.fetch_add(1, Ordering::Relaxed);
+        self.counters.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
 }
 
 struct PluginState {
@@ -428,6 +498,7 @@ impl PluginQuotas {
                 waiting: 0,
             }),
             changed: Notify::new(),
+            waits: Arc::default(),
         }
     }
 
@@ -769,6 +840,18 @@ pub struct CountStatus {
     pub period: String,
     pub used: u64,
     pub allowed: u64,
+}
+
+/// Requests of one plugin that waited for quota admission, whatever the
+/// outcome: admitted, refused when the wait ran out, or ended with their
+/// call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuotaWaitTotals {
+    pub plugin: String,
+    /// Requests that waited.
+    pub waits: u64,
+    /// Time those requests waited, in all.
+    pub wait_seconds: f64,
 }
 
 /// A pause of one origin.
@@ -1137,6 +1220,17 @@ mod tests {
             matches!(admitted, Ok(Ok(Ok(())))),
             "the waiting request was not admitted after the slot freed"
         );
+        let totals = quotas.wait_totals();
+        assert_eq!(totals.len(), 1, "{totals:?}");
+        assert_eq!(totals[0].plugin, "plugin");
+        assert_eq!(totals[0].waits, 1, "only the second request waited");
+        assert!(totals[0].wait_seconds > 0.0, "{totals:?}");
+
+        // New rules for the plugin keep its totals.
+        quotas
+            .register("plugin", &policy("[[quotas]]\nconcurrency = 2"))
+            .unwrap();
+        assert_eq!(quotas.wait_totals()[0].waits, 1);
     }
 
     #[tokio::test]
@@ -1152,6 +1246,24 @@ mod tests {
         assert!(matches!(result, Err(HttpError::RateLimited(None))));
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert!(started.elapsed() < Duration::from_secs(30));
+        assert_eq!(
+            quotas.wait_totals()[0].waits,
+            1,
+            "a refused request that waited is counted"
+        );
+    }
+
+    #[tokio::test]
+    async fn wait_of_a_cancelled_request_is_counted() {
+        let rules = "[[quotas]]\nconcurrency = 1\non_exceed = \"wait\"\nmax_wait_ms = 60000";
+        let quotas = registry(None, rules);
+        let target = url("https://api.example.com/");
+        let _permit = quotas.admit("plugin", &target, None).await.unwrap();
+
+        let second = quotas.admit("plugin", &target, None);
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), second).await;
+        assert!(cancelled.is_err(), "the second request did not wait");
+        assert_eq!(quotas.wait_totals()[0].waits, 1);
     }
 
     #[tokio::test]
@@ -1175,5 +1287,8 @@ mod tests {
             started.elapsed() < Duration::from_millis(500),
             "the request waited"
         );
+        let totals = quotas.wait_totals();
+        assert_eq!(totals[0].waits, 0, "{totals:?}");
+        assert_eq!(totals[0].wait_seconds, 0.0, "{totals:?}");
     }
 }
