@@ -18,26 +18,8 @@ use support::daemon::Daemon;
 const ADMIN_TOKEN: &str = "pal_test-admin-token-for-plugin-registry-tests";
 const ANALYST_TOKEN: &str = "pal_test-analyst-token-for-plugin-registry-tests";
 
-/// Three chained steps on the `versioned` plugin; each appends the
-/// version of the code that ran to `versions`.
-const SWAP_PLAYBOOK: &str = r#"
-name: swap-chain
-trigger:
-  source: wazuh
-steps:
-  - id: first
-    uses: versioned.stamp
-    with:
-      alert: "{{ alert.id }}"
-  - id: second
-    uses: versioned.stamp
-    with:
-      versions: "{{ steps.first.versions }}"
-  - id: third
-    uses: versioned.stamp
-    with:
-      versions: "{{ steps.second.versions }}"
-"#;
+/// Three chained steps on the `versioned` plugin.
+const SWAP_PLAYBOOK: &str = include_str!("../plugins/versioned/swap-chain.yaml");
 
 /// The same chain pinned to the 1.0 series.
 const PINNED_PLAYBOOK: &str = r#"

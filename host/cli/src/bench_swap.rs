@@ -26,24 +26,7 @@ use crate::bench::{Summary, summarise, synthetic_alert};
 use crate::config::Config;
 use crate::registry::InstallRequest;
 
-const SWAP_PLAYBOOK: &str = r#"
-name: bench-swap
-trigger:
-  source: wazuh
-steps:
-  - id: first
-    uses: versioned.stamp
-    with:
-      alert: "{{ alert.id }}"
-  - id: second
-    uses: versioned.stamp
-    with:
-      versions: "{{ steps.first.versions }}"
-  - id: third
-    uses: versioned.stamp
-    with:
-      versions: "{{ steps.second.versions }}"
-"#;
+const SWAP_PLAYBOOK: &str = include_str!("../../../plugins/versioned/swap-chain.yaml");
 
 /// One finished run: when it started (relative to the benchmark's clock),
 /// how long it took, and the version it got.

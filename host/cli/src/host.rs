@@ -76,14 +76,9 @@ impl PluginCaller for RuntimeCaller {
     }
 
     fn actions(&self, plugin: &str) -> Option<Vec<String>> {
-        self.runtime.plugin(plugin).map(|loaded| {
-            loaded
-                .info
-                .actions
-                .iter()
-                .map(|action| action.name.clone())
-                .collect()
-        })
+        self.runtime
+            .plugin(plugin)
+            .map(|loaded| crate::registry::action_names(&loaded))
     }
 
     fn input_schema(&self, plugin: &str, action: &str) -> Option<Value> {

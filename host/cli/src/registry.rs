@@ -743,7 +743,8 @@ fn activation_stack(events: &[PluginEvent]) -> Vec<String> {
     stack
 }
 
-fn action_names(loaded: &LoadedPlugin) -> Vec<String> {
+/// Names of the actions `loaded` offers.
+pub(crate) fn action_names(loaded: &LoadedPlugin) -> Vec<String> {
     loaded
         .info
         .actions
