@@ -372,7 +372,13 @@ async fn hundred_swaps_while_alerts_stream() {
                 (status, reply, target)
             }
             n => {
-                let target = ["1.0.0", "1.1.0", "2.0.0"][n % 3];
+                // Always another version than the active one, so every
+                // round changes what new runs get.
+                let others: Vec<&str> = ["1.0.0", "1.1.0", "2.0.0"]
+                    .into_iter()
+                    .filter(|version| *version != expected_active)
+                    .collect();
+                let target = others[n % others.len()];
                 let (status, reply) = api.activate("versioned", target).await;
                 (status, reply, target.to_string())
             }
@@ -664,7 +670,8 @@ async fn watched_directory_and_rollback_survive_restart() {
     );
     let (status, _) = api.post_alerts(wazuh_alert(1)).await;
     assert_eq!(status, 202, "the daemon still takes alerts");
-    std::fs::remove_file(plugins.join("unsigned-2.0.0.wasm")).unwrap();
+    // The rejected file stays in the directory across the restart below:
+    // it is logged and left out again, and the daemon starts.
 
     let (status, reply) = api.rollback("versioned").await;
     assert_eq!(status, 200, "{reply}");
@@ -762,6 +769,17 @@ fn author_signs_and_operator_installs_from_the_command_line() {
         stdout.contains("activated") && stdout.contains("1.1.0"),
         "{stdout}"
     );
+
+    // Each command below opens the registry again, so the version signed
+    // by its embedded section must verify from what was stored.
+    let output = palisade(&["plugin", "rollback", "versioned"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("rolled back to 1.0.0"), "{stdout}");
+    let output = palisade(&["plugin", "activate", "versioned", "1.1.0"]);
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("not loaded"), "{stderr}");
 }
 
 #[test]

@@ -129,9 +129,19 @@ fn test() -> Result<(), String> {
     let host = run_tests(host_tests, &mut totals);
     // One closing line over every test binary, so the last line of the run
     // is the whole suite's result rather than the last binary's.
+    // A test binary that did not build or crashed reports no counts, so
+    // the summary says so rather than showing a clean "0 failed".
+    let broken = [&plugins, &host].iter().any(|result| result.is_err()) && totals.failed == 0;
     println!(
-        "summary: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
+        "summary: {} passed, {} failed, {} skipped{}",
+        totals.passed,
+        totals.failed,
+        totals.ignored,
+        if broken {
+            "; a test binary failed to build or run, see the errors above"
+        } else {
+            ""
+        }
     );
     plugins.and(host)
 }

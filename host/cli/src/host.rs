@@ -188,13 +188,19 @@ pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<
     // Versions installed before come first, so a plugin directory that
     // still holds an older file does not undo a swap or a rollback.
     registry.load_stored().await?;
+    // A file the directory delivers that fails its checks is logged and
+    // left out, as the watcher does while the daemon runs: the versions
+    // already installed still serve. A playbook that needs a plugin no
+    // version of which loaded still stops the start, below.
     let mut installed = 0;
     for path in palisade_runtime::wasm_files(&config.plugins_dir)? {
-        let report = registry
-            .install_file(&path, "directory")
-            .await
-            .with_context(|| format!("cannot install plugin {}", path.display()))?;
-        installed += usize::from(report.is_some());
+        match registry.install_file(&path, "directory").await {
+            Ok(report) => installed += usize::from(report.is_some()),
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "plugin from the plugin directory rejected");
+                eprintln!("warning: plugin {} is left out: {error}", path.display());
+            }
+        }
     }
     tracing::info!(
         loaded = runtime.plugins().len(),

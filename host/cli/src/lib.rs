@@ -199,7 +199,7 @@ pub enum Command {
         #[command(subcommand)]
         command: PlaybookCommand,
     },
-    /// Inspect loaded plugins.
+    /// Install, swap, roll back, sign and inspect plugins.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
@@ -335,8 +335,10 @@ pub enum PluginCommand {
     /// from the daemon at --server or the database. Before the first
     /// start, it lists the components of the plugin directory.
     List {
+        /// Daemon to ask, such as http://127.0.0.1:8470.
         #[arg(long)]
         server: Option<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -357,6 +359,7 @@ pub enum PluginCommand {
         /// without it, the database is changed directly.
         #[arg(long)]
         server: Option<String>,
+        /// Print the install report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -364,28 +367,34 @@ pub enum PluginCommand {
     Activate {
         name: String,
         version: String,
+        /// Daemon to change; without it, the database is changed directly.
         #[arg(long)]
         server: Option<String>,
     },
     /// Make the version active before the current one active again.
     Rollback {
         name: String,
+        /// Daemon to change; without it, the database is changed directly.
         #[arg(long)]
         server: Option<String>,
     },
     /// List a plugin's installs, activations and rollbacks.
     History {
         name: String,
+        /// Daemon to ask; without it, the database is read directly.
         #[arg(long)]
         server: Option<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Create an ed25519 key pair for signing plugins: NAME.key (secret,
     /// mode 0600) and NAME.pub (for operators' `[trust] keys`).
     Keygen {
+        /// Directory for the two files.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Name of the key pair; operators see it as the signer's name.
         #[arg(long)]
         name: String,
     },
@@ -396,6 +405,8 @@ pub enum PluginCommand {
         /// Secret key file from `palisade plugin keygen`.
         #[arg(long)]
         key: PathBuf,
+        /// Put the signature in a custom section of the component instead
+        /// of a `.sig` file beside it.
         #[arg(long)]
         embed: bool,
         /// Where --embed writes the signed component; default in place.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
@@ -88,10 +88,19 @@ pub async fn plugin_history(
 pub async fn install_plugin(
     State(state): State<PluginState>,
     identity: Identity,
-    Query(query): Query<InstallQuery>,
+    query: Result<Query<InstallQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!(
+                "{}; the only parameter is `stage=true` or `stage=false`",
+                rejection.body_text()
+            ),
+        )
+    })?;
     let body = body.map_err(body_error)?;
     if body.is_empty() {
         return Err(ApiError::new(

@@ -81,7 +81,9 @@ pub enum RegistryError {
     UnknownVersion { plugin: String, version: String },
     #[error("no plugin {plugin:?} is installed; list plugins with `palisade plugin list`")]
     UnknownPlugin { plugin: String },
-    #[error("plugin {plugin:?} has no earlier version to roll back to")]
+    #[error(
+        "plugin {plugin:?} has no earlier loaded version to roll back to; `palisade plugin history {plugin}` lists its activations"
+    )]
     NothingToRollBack { plugin: String },
     #[error("{0}")]
     Storage(String),
@@ -203,14 +205,16 @@ impl Registry {
     }
 
     /// Checks the signature of `bytes` and returns the component without
-    /// an embedded signature, and its signer.
+    /// an embedded signature, its signer, and the signature document that
+    /// verified it. The stored component has no signature section, so the
+    /// document is kept as a detached signature: it covers the same digest.
     fn verify(
         &self,
         bytes: &[u8],
         detached: Option<&str>,
         source: &str,
         warnings: &mut Vec<String>,
-    ) -> Result<(Vec<u8>, Option<PluginSigner>), RegistryError> {
+    ) -> Result<(Vec<u8>, Option<PluginSigner>, Option<String>), RegistryError> {
         let signature_error = |error| RegistryError::Signature {
             source_name: source.to_string(),
             error,
@@ -228,16 +232,22 @@ impl Registry {
             }
             Err(error) => return Err(signature_error(error)),
         };
-        let (unsigned, _) =
+        let (unsigned, embedded) =
             palisade_signing::split(bytes).map_err(|error| signature_error(error.into()))?;
-        Ok((unsigned, signer))
+        let document = match (detached, embedded) {
+            _ if signer.is_none() => None,
+            (Some(text), _) => Some(text.to_string()),
+            (None, Some(signature)) => Some(signature.to_json()),
+            (None, None) => None,
+        };
+        Ok((unsigned, signer, document))
     }
 
     /// Installs a component: see the module documentation for the checks.
     pub async fn install(&self, request: InstallRequest) -> Result<InstallReport, RegistryError> {
         let started = Instant::now();
         let mut warnings = Vec::new();
-        let (unsigned, signer) = self.verify(
+        let (unsigned, signer, signature) = self.verify(
             &request.bytes,
             request.detached_signature.as_deref(),
             &request.source,
@@ -288,7 +298,7 @@ impl Registry {
                 version: version.clone(),
                 digest: loaded.digest.clone(),
                 file,
-                detached_signature: request.detached_signature.clone(),
+                detached_signature: signature,
                 signer: signer.clone(),
                 installed_at: Utc::now(),
                 installed_by: request.actor.clone(),
@@ -472,14 +482,30 @@ impl Registry {
         version: &str,
         actor: &str,
     ) -> Result<Option<String>, RegistryError> {
-        let loaded = self.runtime.plugin_version(name, version).ok_or_else(|| {
-            RegistryError::UnknownVersion {
-                plugin: name.to_string(),
-                version: version.to_string(),
+        let loaded = match self.runtime.plugin_version(name, version) {
+            Some(loaded) => loaded,
+            None if self.runtime.plugin(name).is_none() => {
+                return Err(RegistryError::UnknownPlugin {
+                    plugin: name.to_string(),
+                });
             }
-        })?;
+            None => {
+                return Err(RegistryError::UnknownVersion {
+                    plugin: name.to_string(),
+                    version: version.to_string(),
+                });
+            }
+        };
         self.check_callers(&loaded)?;
         let _guard = self.lock.lock().await;
+        if self
+            .runtime
+            .plugin(name)
+            .is_some_and(|active| active.info.version == version)
+        {
+            // Already active: nothing to record.
+            return Ok(None);
+        }
         self.publish(&loaded, "activated", actor).await
     }
 
@@ -498,20 +524,22 @@ impl Registry {
                 plugin: name.to_string(),
             });
         }
-        let stack = activation_stack(&events);
-        let target = stack
-            .len()
-            .checked_sub(2)
-            .map(|index| stack[index].clone())
+        let mut stack = activation_stack(&events);
+        let current = stack.pop();
+        // A version that did not load at start (its file changed, or its
+        // signer is no longer trusted) is passed over for the one before.
+        let loaded = stack
+            .iter()
+            .rev()
+            .filter(|version| Some(*version) != current.as_ref())
+            .find_map(|version| self.runtime.plugin_version(name, version))
             .ok_or_else(|| RegistryError::NothingToRollBack {
                 plugin: name.to_string(),
             })?;
-        let loaded = self.runtime.plugin_version(name, &target).ok_or_else(|| {
-            RegistryError::UnknownVersion {
-                plugin: name.to_string(),
-                version: target.clone(),
-            }
-        })?;
+        let target = loaded.info.version.clone();
+        // A rollback must not bring back a version that lacks an action a
+        // loaded playbook calls, as an activation must not.
+        self.check_callers(&loaded)?;
         let replaced = self.publish(&loaded, "rolled_back", actor).await?;
         Ok((target, replaced))
     }
@@ -823,10 +851,10 @@ pub fn watch_directory(
                 pending.insert(component_of(&more));
             }
             for component in pending.into_iter().flatten() {
-                wait_until_settled(&component, Duration::from_millis(200)).await;
                 if !component.is_file() {
                     continue;
                 }
+                wait_until_settled(&component, Duration::from_millis(200)).await;
                 match registry.install_file(&component, "directory").await {
                     Ok(Some(report)) => tracing::info!(
                         path = %component.display(),

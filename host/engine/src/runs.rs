@@ -1079,12 +1079,12 @@ impl<C: PluginCaller> Engine<C> {
                 tracing::warn!(
                     run.id = %run.id,
                     step.id = %step.id,
-                    item = ?record.item,
+                    item = record.item,
                     plugin.action = %step.uses,
                     attempt = record.attempt,
                     error.kind = %error.kind,
                     error = %error.message,
-                    retry_at = ?record.retry_at,
+                    retry_at = record.retry_at.as_ref().map(tracing::field::display),
                     "step failed"
                 );
             }

@@ -132,7 +132,7 @@ pub enum LoadError {
         imports: Vec<String>,
     },
     #[error(
-        "plugin {name:?} reports version {version:?}, which is not a semantic version such as 1.2.0; set the version the plugin's describe returns"
+        "plugin {name:?} reports version {version:?}, which is not a semantic version of at most 64 bytes such as 1.2.0; set the version the plugin's describe returns"
     )]
     InvalidVersion {
         name: String,
@@ -151,7 +151,7 @@ pub enum LoadError {
         source: crate::policy::InvalidGrant,
     },
     #[error(
-        "plugin name {name:?} from {path:?} is not kebab-case; use lowercase letters, digits and single hyphens, starting with a letter"
+        "plugin name {name:?} from {path:?} is not kebab-case of at most 64 bytes; use lowercase letters, digits and single hyphens, starting with a letter"
     )]
     InvalidName {
         name: String,

@@ -330,13 +330,13 @@ impl Runtime {
                 path: path.clone(),
                 source,
             })?;
-        if !is_plugin_name(&info.name) {
+        if !is_plugin_name(&info.name) || info.name.len() > MAX_NAME_BYTES {
             return Err(LoadError::InvalidName {
                 name: info.name,
                 path,
             });
         }
-        if semver::Version::parse(&info.version).is_err() {
+        if semver::Version::parse(&info.version).is_err() || info.version.len() > MAX_NAME_BYTES {
             return Err(LoadError::InvalidVersion {
                 name: info.name,
                 version: info.version,
@@ -864,6 +864,14 @@ fn is_plugin_name(name: &str) -> bool {
     starts_with_letter && words_valid
 }
 
+/// Longest plugin name and version, in bytes. Both become part of file
+/// names and keys.
+const MAX_NAME_BYTES: usize = 64;
+
+/// Largest `describe` result, in bytes of its strings: the description is
+/// stored and listed with every installed version.
+const MAX_DESCRIBE_BYTES: usize = 1 << 20;
+
 /// Version of the `palisade:plugin` package this host offers. A plugin
 /// built against the same major and minor (for 0.x), or the same major and
 /// an equal or earlier minor (from 1.0), links; wasmtime matches such
@@ -927,6 +935,9 @@ pub fn wasm_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        // Regular files only: a directory or a FIFO named `.wasm` would
+        // fail or block the read.
+        .filter(|path| path.is_file())
         .collect();
     paths.sort();
     Ok(paths)
@@ -1011,6 +1022,25 @@ async fn describe(
 }
 
 fn convert_info(info: wit::PluginInfo) -> Result<PluginInfo, CallError> {
+    let size = info.name.len()
+        + info.version.len()
+        + info.description.len()
+        + info
+            .actions
+            .iter()
+            .map(|action| {
+                action.name.len()
+                    + action.description.len()
+                    + action.input_schema.len()
+                    + action.output_schema.len()
+            })
+            .sum::<usize>();
+    if size > MAX_DESCRIBE_BYTES {
+        return Err(CallError::OutputTooLarge {
+            size,
+            limit_bytes: MAX_DESCRIBE_BYTES,
+        });
+    }
     let mut actions = Vec::new();
     for action in info.actions {
         let parse = |text: &str, what: &str| {
