@@ -807,3 +807,31 @@ fn possible_versions_cover_swaps_in_flight() {
     assert_eq!(list(9, 20), ["1.0.0", "1.1.0", "2.0.0"]);
     assert_eq!(list(15, 19), ["1.1.0"]);
 }
+
+/// On a first start with several versions of one plugin in the plugin
+/// directory, the highest version becomes active, whatever the file names.
+#[tokio::test]
+async fn first_start_activates_highest_version() {
+    let v100 = version("1.0.0");
+    let v110 = version("1.1.0");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_swap_config(dir.path(), &[], &[SWAP_PLAYBOOK]);
+    let plugins = dir.path().join("plugins");
+    // Name order puts 1.1.0 first and 1.0.0 last.
+    for (component, name) in [(&v110, "a-versioned.wasm"), (&v100, "z-versioned.wasm")] {
+        let target = plugins.join(name);
+        std::fs::copy(component, &target).unwrap();
+        std::fs::copy(
+            palisade_signing::signature_path(component),
+            palisade_signing::signature_path(&target),
+        )
+        .unwrap();
+    }
+    let daemon = Daemon::start(&config);
+    let api = Api::new(&daemon);
+    assert_eq!(
+        api.active_version("versioned").await.as_deref(),
+        Some("1.1.0")
+    );
+    daemon.stop();
+}

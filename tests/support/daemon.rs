@@ -35,7 +35,7 @@ pub fn client_with_token(token: &str) -> reqwest::Client {
 
 impl Daemon {
     pub fn start(config: &Path) -> Self {
-        Self::spawn(config, Stdio::inherit(), None)
+        Self::spawn(config, Stdio::inherit(), None, None)
     }
 
     /// Starts the daemon with its standard error appended to `log`.
@@ -45,32 +45,41 @@ impl Daemon {
             .append(true)
             .open(log)
             .unwrap();
-        Self::spawn(config, Stdio::from(file), None)
+        Self::spawn(config, Stdio::from(file), None, Some(log))
     }
 
     /// Starts the daemon with `RUST_LOG=trace`, its standard error written
     /// to `log`.
     pub fn start_tracing(config: &Path, log: &Path) -> Self {
         let file = std::fs::File::create(log).unwrap();
-        Self::spawn(config, Stdio::from(file), Some("trace"))
+        Self::spawn(config, Stdio::from(file), Some("trace"), Some(log))
     }
 
     /// Starts the daemon with the global options `args` and the
     /// environment variables `env`, its standard error written to `log`.
     pub fn start_with(config: &Path, log: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let file = std::fs::File::create(log).unwrap();
-        Self::launch(config, Stdio::from(file), args, env)
+        Self::launch(config, Stdio::from(file), args, env, Some(log))
     }
 
-    fn spawn(config: &Path, stderr: Stdio, log_level: Option<&str>) -> Self {
+    fn spawn(config: &Path, stderr: Stdio, log_level: Option<&str>, log: Option<&Path>) -> Self {
         let env: Vec<(&str, &str)> = log_level
             .map(|level| ("RUST_LOG", level))
             .into_iter()
             .collect();
-        Self::launch(config, stderr, &[], &env)
+        Self::launch(config, stderr, &[], &env, log)
     }
 
-    fn launch(config: &Path, stderr: Stdio, args: &[&str], env: &[(&str, &str)]) -> Self {
+    /// Starts the daemon and waits for its `listening on` line. A daemon
+    /// that exits first fails the test with the end of its log, when
+    /// standard error goes to `log`.
+    fn launch(
+        config: &Path,
+        stderr: Stdio,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
         command
             .arg("--config")
@@ -84,11 +93,21 @@ impl Daemon {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        let address = line
+        let Some(address) = line
             .trim()
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+            .map(str::to_string)
+        else {
+            let status = child.wait();
+            let text = log
+                .and_then(|log| std::fs::read_to_string(log).ok())
+                .unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            panic!(
+                "the daemon did not start ({status:?}), first line {line:?}; its log ends:\n{tail}"
+            );
+        };
         Self {
             child,
             base: format!("http://{address}"),

@@ -1,5 +1,6 @@
 //! Wiring: the store, the runtime and the engine, built from a [`Config`].
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -186,20 +187,40 @@ pub async fn build(config: &Config, playbooks: Option<&Path>) -> anyhow::Result<
     ));
     registry.set_playbooks(&playbooks);
     // Versions installed before come first, so a plugin directory that
-    // still holds an older file does not undo a swap or a rollback.
+    // still contains an older file does not undo a swap or a rollback.
     registry.load_stored().await?;
     // A file the directory delivers that fails its checks is logged and
     // left out, as the watcher does while the daemon runs: the versions
     // already installed still serve. A playbook that needs a plugin no
     // version of which loaded still stops the start, below.
-    let mut installed = 0;
+    // New versions are installed first and then the highest new version
+    // of each plugin is activated, so file names do not decide the order.
+    let mut newest: BTreeMap<String, semver::Version> = BTreeMap::new();
     for path in palisade_runtime::wasm_files(&config.plugins_dir)? {
-        match registry.install_file(&path, "directory").await {
-            Ok(report) => installed += usize::from(report.is_some()),
+        match registry.install_file(&path, "directory", false).await {
+            Ok(Some(report)) => {
+                if let Ok(version) = semver::Version::parse(&report.version) {
+                    let entry = newest.entry(report.name).or_insert(version.clone());
+                    if version > *entry {
+                        *entry = version;
+                    }
+                }
+            }
+            Ok(None) => {}
             Err(error) => {
                 tracing::error!(path = %path.display(), %error, "plugin from the plugin directory rejected");
                 eprintln!("warning: plugin {} is left out: {error}", path.display());
             }
+        }
+    }
+    let installed = newest.len();
+    for (name, version) in newest {
+        if let Err(error) = registry
+            .activate(&name, &version.to_string(), "directory")
+            .await
+        {
+            tracing::error!(plugin.name = %name, %version, %error, "new plugin version from the plugin directory not activated");
+            eprintln!("warning: plugin {name} {version} is installed but not active: {error}");
         }
     }
     tracing::info!(

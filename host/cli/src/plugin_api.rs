@@ -101,7 +101,18 @@ pub async fn install_plugin(
             ),
         )
     })?;
-    let body = body.map_err(body_error)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::BodyTooLarge,
+                format!(
+                    "the component is over the upload limit of {MAX_PLUGIN_BYTES} bytes; a plugin that large is unlikely to be a single connector, so check the file"
+                ),
+            )
+        } else {
+            body_error(rejection)
+        }
+    })?;
     if body.is_empty() {
         return Err(ApiError::new(
             ErrorCode::EmptyBody,
@@ -129,7 +140,7 @@ pub async fn install_plugin(
         .install(InstallRequest {
             bytes: body.to_vec(),
             detached_signature: detached,
-            source: "upload".into(),
+            source: format!("upload by {}", identity.name),
             actor: identity.name.clone(),
             activate: !query.stage,
         })

@@ -38,8 +38,8 @@ use crate::audit_cmd::{PluginIdentity, audit_plugins};
 /// Name of the optional action an install runs as the canary's self-test.
 pub const SELF_TEST_ACTION: &str = "self-test";
 
-/// Why an install, activation or rollback was rejected. Each variant maps to
-/// one stable API error code.
+/// Failure of an install, activation or rollback. Each variant maps to one
+/// stable API error code.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("signature check failed for {source_name}: {error}")]
@@ -93,15 +93,25 @@ fn storage(error: impl std::fmt::Display) -> RegistryError {
     RegistryError::Storage(error.to_string())
 }
 
+/// A component whose signature checked out.
+struct Checked {
+    /// The component without an embedded signature section.
+    unsigned: Vec<u8>,
+    /// `None` when it was accepted unsigned under `allow_unsigned`.
+    signer: Option<PluginSigner>,
+    /// The signature document that verified it.
+    signature: Option<String>,
+}
+
 /// A component to install.
 pub struct InstallRequest {
     pub bytes: Vec<u8>,
     /// Text of a detached signature file, when there is one.
     pub detached_signature: Option<String>,
-    /// Where it comes from, for the record: `cli`, `upload`, or
-    /// `directory:PATH`.
+    /// Origin of the component, for the record and for messages:
+    /// `cli:PATH`, `upload by TOKEN` or `directory:PATH`.
     pub source: String,
-    /// Who asked: a token name, `cli` or `directory`.
+    /// Actor of the request: a token name, `cli` or `directory`.
     pub actor: String,
     /// Publish it once installed. A staged version only serves runs pinned
     /// to it until it is activated.
@@ -214,7 +224,7 @@ impl Registry {
         detached: Option<&str>,
         source: &str,
         warnings: &mut Vec<String>,
-    ) -> Result<(Vec<u8>, Option<PluginSigner>, Option<String>), RegistryError> {
+    ) -> Result<Checked, RegistryError> {
         let signature_error = |error| RegistryError::Signature {
             source_name: source.to_string(),
             error,
@@ -240,14 +250,22 @@ impl Registry {
             (None, Some(signature)) => Some(signature.to_json()),
             (None, None) => None,
         };
-        Ok((unsigned, signer, document))
+        Ok(Checked {
+            unsigned,
+            signer,
+            signature: document,
+        })
     }
 
     /// Installs a component: see the module documentation for the checks.
     pub async fn install(&self, request: InstallRequest) -> Result<InstallReport, RegistryError> {
         let started = Instant::now();
         let mut warnings = Vec::new();
-        let (unsigned, signer, signature) = self.verify(
+        let Checked {
+            unsigned,
+            signer,
+            signature,
+        } = self.verify(
             &request.bytes,
             request.detached_signature.as_deref(),
             &request.source,
@@ -620,11 +638,12 @@ impl Registry {
     /// Installs the component at `path` (with `PATH.sig` when present),
     /// as the plugin directory delivers it. A version installed before is
     /// left as it is, so a rollback is not undone by the file still lying
-    /// in the directory; a new version is activated.
+    /// in the directory; a new version is activated when `activate` is set.
     pub async fn install_file(
         &self,
         path: &Path,
         actor: &str,
+        activate: bool,
     ) -> Result<Option<InstallReport>, RegistryError> {
         let bytes = std::fs::read(path)
             .map_err(|error| storage(format!("cannot read {}: {error}", path.display())))?;
@@ -650,9 +669,24 @@ impl Registry {
                 detached_signature: detached,
                 source: format!("directory:{}", path.display()),
                 actor: actor.to_string(),
-                activate: true,
+                activate,
             })
-            .await?;
+            .await
+            .map_err(|error| match error {
+                // A copied component often arrives before its `.sig`; say
+                // where the signature was looked for.
+                RegistryError::Signature {
+                    source_name,
+                    error: TrustError::Missing,
+                } => RegistryError::Signature {
+                    source_name: format!(
+                        "{source_name} (no embedded signature, and no {} beside it)",
+                        signature_path.display()
+                    ),
+                    error: TrustError::Missing,
+                },
+                other => other,
+            })?;
         Ok(Some(report))
     }
 
@@ -855,7 +889,7 @@ pub fn watch_directory(
                     continue;
                 }
                 wait_until_settled(&component, Duration::from_millis(200)).await;
-                match registry.install_file(&component, "directory").await {
+                match registry.install_file(&component, "directory", true).await {
                     Ok(Some(report)) => tracing::info!(
                         path = %component.display(),
                         plugin.name = %report.name,

@@ -44,7 +44,7 @@ pub struct PluginVersionRecord {
     pub signer: Option<PluginSigner>,
     pub installed_at: DateTime<Utc>,
     pub installed_by: String,
-    /// Where it came from: `upload`, `cli`, or `directory:PATH`.
+    /// Where it came from: `upload by TOKEN`, `cli:PATH` or `directory:PATH`.
     pub source: String,
     pub description: String,
     pub actions: Vec<String>,
