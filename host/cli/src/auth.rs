@@ -285,9 +285,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Identity {
 /// Reads the token of `Authorization: Bearer TOKEN`. The scheme is matched
 /// without regard to case, as HTTP authentication schemes are.
 fn bearer_token(headers: &HeaderMap) -> Result<&str, &'static str> {
-    let value = headers
-        .get(header::AUTHORIZATION)
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values
+        .next()
         .ok_or("the request has no `Authorization` header")?;
+    // Proxies and clients may differ on which of two headers counts, so a
+    // request with more than one is rejected rather than guessed at.
+    if values.next().is_some() {
+        return Err("the request has more than one `Authorization` header; send one");
+    }
     let value = value
         .to_str()
         .map_err(|_| "the `Authorization` header is not ASCII text")?;
@@ -482,6 +488,10 @@ mod tests {
         assert!(bearer_token(&header("Basic abc")).is_err());
         assert!(bearer_token(&header("Bearer ")).is_err());
         assert!(bearer_token(&HeaderMap::new()).is_err());
+        let mut twice = header("Bearer pal_x");
+        twice.append(header::AUTHORIZATION, "Bearer pal_y".parse().unwrap());
+        let error = bearer_token(&twice).unwrap_err();
+        assert!(error.contains("more than one"), "{error}");
     }
 
     #[test]

@@ -93,8 +93,12 @@ impl PluginCaller for RuntimeCaller {
             .is_some_and(|loaded| !loaded.info.capabilities.http_origins.is_empty())
     }
 
-    fn has_side_effects(&self, plugin: &str, action: &str) -> bool {
-        self.runtime.plugin(plugin).is_none_or(|loaded| {
+    fn has_side_effects(&self, plugin: &str, action: &str, version: Option<&str>) -> bool {
+        let loaded = match version {
+            Some(version) => self.runtime.plugin_version(plugin, version),
+            None => self.runtime.plugin(plugin),
+        };
+        loaded.is_none_or(|loaded| {
             loaded
                 .info
                 .actions

@@ -56,9 +56,10 @@ pub trait PluginCaller: Send + Sync + 'static {
     /// plugin is loaded.
     fn actions(&self, plugin: &str) -> Option<Vec<String>>;
 
-    /// Returns whether `plugin.action` changes something outside Palisade, as the
-    /// plugin declares. An unknown action counts as having side effects.
-    fn has_side_effects(&self, plugin: &str, action: &str) -> bool;
+    /// Returns whether `plugin.action` changes something outside Palisade, as
+    /// the plugin declares, in `version` (the active version when `None`). An
+    /// unknown action or version counts as having side effects.
+    fn has_side_effects(&self, plugin: &str, action: &str, version: Option<&str>) -> bool;
 
     /// JSON Schema of the input of `plugin.action`, when the plugin gives a
     /// valid one.

@@ -914,13 +914,17 @@ impl<C: PluginCaller> Engine<C> {
             }
             StepStatus::Started => {
                 let (plugin, action) = step.target();
-                let policy =
-                    step.on_interrupt
-                        .unwrap_or(if self.caller.has_side_effects(plugin, action) {
-                            OnInterrupt::Park
-                        } else {
-                            OnInterrupt::Retry
-                        });
+                let policy = step.on_interrupt.unwrap_or(
+                    if self.caller.has_side_effects(
+                        plugin,
+                        action,
+                        run.plugin_versions.get(plugin).map(String::as_str),
+                    ) {
+                        OnInterrupt::Park
+                    } else {
+                        OnInterrupt::Retry
+                    },
+                );
                 if policy == OnInterrupt::Park
                     && forced != Some((run.id.as_str(), step.id.as_str()))
                 {
@@ -1057,13 +1061,15 @@ impl<C: PluginCaller> Engine<C> {
                 let started = unit.label(started);
                 let index = self.place(run, unit, &mut lock(), started.clone());
                 self.store.put_step(&run.id, index, &started)?;
-                side_effects = self.caller.has_side_effects(plugin, action);
+                let version = self.call_version(run, plugin);
+                let pinned = version.as_ref().ok().and_then(Option::as_deref);
+                side_effects = self.caller.has_side_effects(plugin, action, pinned);
                 if side_effects {
                     // The side effect may happen as soon as the plugin runs,
                     // so the journal must know first.
                     self.flush().await?;
                 }
-                let record = match self.call_version(run, plugin) {
+                let record = match version {
                     Ok(version) => {
                         let version = version.as_deref();
                         runner::call(self.caller.as_ref(), step, &run.id, version, started).await
