@@ -564,7 +564,11 @@ async fn retry_deadline_survives_a_restart() {
         if run["status"] == "succeeded" {
             break run;
         }
-        assert!(Instant::now() < deadline, "the run never finished: {run:#}");
+        assert!(
+            Instant::now() < deadline,
+            "the run never finished: {run:#}\ndaemon log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     daemon.stop();

@@ -239,11 +239,20 @@ async fn worker(
 /// (a run that starts waiting) is seen soon without a wake-up signal.
 const TIMER_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Time after which a run that is still due is queued again. The worker
+/// that took it may have found it claimed by another task (such as the
+/// start's recovery checking it a moment before its wake time) and left
+/// it, so a due run must not be skipped for good.
+const REQUEUE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Queues waiting runs when their stored wake time comes. A run queued for
-/// a wake time is not queued again for the same time.
+/// a wake time is queued again only if it is still due [`REQUEUE_AFTER`]
+/// later; resuming a run that already moved on does nothing.
 async fn wake_due_runs(engine: Arc<Engine<RuntimeCaller>>, queue: mpsc::WeakSender<Work>) {
-    let mut queued: std::collections::HashMap<String, chrono::DateTime<chrono::Utc>> =
-        std::collections::HashMap::new();
+    let mut queued: std::collections::HashMap<
+        String,
+        (chrono::DateTime<chrono::Utc>, std::time::Instant),
+    > = std::collections::HashMap::new();
     loop {
         let due = match engine.due_runs(1_000) {
             Ok(due) => due,
@@ -252,19 +261,22 @@ async fn wake_due_runs(engine: Arc<Engine<RuntimeCaller>>, queue: mpsc::WeakSend
                 Vec::new()
             }
         };
-        queued.retain(|id, at| {
+        queued.retain(|id, (at, _)| {
             due.iter()
                 .any(|(due_id, due_at)| due_id == id && due_at == at)
         });
         for (run_id, at) in due {
-            if queued.get(&run_id) == Some(&at) {
+            if queued
+                .get(&run_id)
+                .is_some_and(|(queued_at, when)| *queued_at == at && when.elapsed() < REQUEUE_AFTER)
+            {
                 continue;
             }
             let Some(queue) = queue.upgrade() else { return };
             if queue.send(Work::Run(run_id.clone())).await.is_err() {
                 return;
             }
-            queued.insert(run_id, at);
+            queued.insert(run_id, (at, std::time::Instant::now()));
         }
         let sleep = match engine.next_wake() {
             Ok(Some(at)) => (at - chrono::Utc::now())
