@@ -16,6 +16,28 @@ mod sled_store;
 mod step_digest;
 mod tokens;
 
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Opens the database at `path` with `open`, waiting up to five seconds
+    /// for the lock: sled's flusher thread can hold it for a moment after
+    /// the last handle of an earlier open in this process is dropped.
+    pub(crate) fn reopen<T, E: std::fmt::Debug>(
+        path: &std::path::Path,
+        open: impl Fn(&std::path::Path) -> Result<T, E>,
+    ) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match open(path) {
+                Ok(db) => return db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => panic!("cannot open {}: {error:?}", path.display()),
+            }
+        }
+    }
+}
+
 use chrono::{DateTime, Utc};
 use palisade_model::{Alert, Case, RunRecord, StepRecord};
 

@@ -240,7 +240,7 @@ mod tests {
                 .record_plugin_event(event("vt", "rolled_back", "1.0.0"))
                 .unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = crate::test_support::reopen(dir.path(), SledStore::open);
         let versions: Vec<_> = store
             .versions_of_plugin("vt")
             .unwrap()

@@ -221,6 +221,7 @@ fn database(error: sled::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::reopen;
 
     #[test]
     fn migrations_form_one_chain_from_version_one() {
@@ -244,7 +245,7 @@ mod tests {
     #[test]
     fn new_database_starts_at_current_version() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(dir.path(), |path| sled::open(path));
         assert_eq!(prepare(&db, dir.path()).unwrap(), SCHEMA_VERSION);
         let meta = db.open_tree(META_TREE).unwrap();
         assert_eq!(stored_version(&meta).unwrap(), Some(SCHEMA_VERSION));
@@ -255,7 +256,7 @@ mod tests {
     #[test]
     fn unversioned_data_is_version_one() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(dir.path(), |path| sled::open(path));
         db.open_tree("alerts").unwrap().insert("a", "{}").unwrap();
         assert_eq!(prepare(&db, dir.path()).unwrap(), 1);
         let meta = db.open_tree(META_TREE).unwrap();
@@ -271,7 +272,7 @@ mod tests {
     #[test]
     fn migrating_twice_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(dir.path(), |path| sled::open(path));
         db.open_tree("alerts").unwrap().insert("a", "{}").unwrap();
         prepare(&db, dir.path()).unwrap();
         assert_eq!(prepare(&db, dir.path()).unwrap(), SCHEMA_VERSION);
@@ -298,13 +299,13 @@ mod tests {
         };
         // Version 1 had neither the `meta` nor the `audit` tree.
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = reopen(dir.path(), |path| sled::open(path));
             assert!(db.drop_tree(META_TREE).unwrap());
             assert!(db.drop_tree(AUDIT_TREE).unwrap());
             db.flush().unwrap();
         }
 
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path(), SledStore::open);
         let meta = store.db().open_tree(META_TREE).unwrap();
         assert_eq!(stored_version(&meta).unwrap(), Some(SCHEMA_VERSION));
         let case = store.case(&case_id).unwrap().unwrap();
@@ -336,7 +337,7 @@ mod tests {
     #[test]
     fn newer_database_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(dir.path(), |path| sled::open(path));
         let meta = db.open_tree(META_TREE).unwrap();
         write_version(&meta, SCHEMA_VERSION + 1).unwrap();
         let error = prepare(&db, dir.path()).unwrap_err().to_string();
