@@ -77,7 +77,7 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// Writes a configuration whose plugin directory holds `initial` and
+/// Writes a configuration whose plugin directory contains `initial` and
 /// whose playbooks are `playbooks`, with an admin and an analyst token.
 fn write_swap_config(dir: &Path, initial: &[&Path], playbooks: &[&str]) -> PathBuf {
     let plugins = dir.join("plugins");
@@ -243,8 +243,8 @@ fn signature_of(component: &Path) -> String {
     std::fs::read_to_string(palisade_signing::signature_path(component)).unwrap()
 }
 
-/// One change of the active version, as the test saw it: sent at
-/// `sent`, answered at `answered`.
+/// One change of the active version, as the test saw it: the request was
+/// sent at `sent` and its response arrived at `answered`.
 #[derive(Clone, Debug)]
 struct Swap {
     sent: DateTime<Utc>,
@@ -305,9 +305,9 @@ async fn wait_for_runs(api: &Api, expected: usize) -> Vec<Value> {
 }
 
 /// The plugin is swapped 100 times (installs, activations and rollbacks
-/// over the API) while alerts stream in. No run fails; each run's steps
-/// all ran one version, the one recorded for the run, and it is a version
-/// the run could have been given. The pinned playbook stays on 1.0.
+/// over the API) while alerts stream in. No run fails. Each run's steps
+/// all ran one version, the one recorded for the run, and that is a
+/// version the run could have been given. The pinned playbook stays on 1.0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_swaps_while_alerts_stream() {
     let v100 = version("1.0.0");
@@ -473,7 +473,7 @@ async fn hundred_swaps_while_alerts_stream() {
 }
 
 /// A flipped byte, a key the operator does not trust and a missing
-/// signature are each rejected with a message that says what to do, and
+/// signature are each rejected with a message that names the fix, and
 /// nothing changes.
 #[tokio::test]
 async fn unsigned_tampered_and_foreign_plugins_rejected() {
@@ -685,8 +685,8 @@ async fn watched_directory_and_rollback_survive_restart() {
         Some("1.0.0"),
         "the restart undid the rollback"
     );
-    let shown = api.get("/v1/plugins/versioned").await;
-    let versions: Vec<&str> = shown["versions"]
+    let plugin = api.get("/v1/plugins/versioned").await;
+    let versions: Vec<&str> = plugin["versions"]
         .as_array()
         .unwrap()
         .iter()
@@ -700,7 +700,7 @@ async fn watched_directory_and_rollback_survive_restart() {
 /// directly: an embedded signature by a newly trusted key is accepted, and
 /// the same file with one byte changed is rejected with the reason.
 #[test]
-fn author_signs_and_operator_installs_from_the_command_line() {
+fn cli_signs_and_installs_plugin() {
     let v110 = version("1.1.0");
     let v100 = version("1.0.0");
     let dir = tempfile::tempdir().unwrap();

@@ -130,7 +130,7 @@ fn test() -> Result<(), String> {
     // One closing line over every test binary, so the last line of the run
     // is the whole suite's result rather than the last binary's.
     // A test binary that did not build or crashed reports no counts, so
-    // the summary says so rather than showing a clean "0 failed".
+    // the summary reports that rather than showing a clean "0 failed".
     let broken = [&plugins, &host].iter().any(|result| result.is_err()) && totals.failed == 0;
     println!(
         "summary: {} passed, {} failed, {} skipped{}",

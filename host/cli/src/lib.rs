@@ -409,7 +409,8 @@ pub enum PluginCommand {
         /// of a `.sig` file beside it.
         #[arg(long)]
         embed: bool,
-        /// Where --embed writes the signed component; default in place.
+        /// Output file of the signed component for --embed (default: in
+        /// place).
         #[arg(long)]
         output: Option<PathBuf>,
     },

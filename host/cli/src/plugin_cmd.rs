@@ -92,8 +92,8 @@ async fn upload(
         .await
 }
 
-/// The operator's view of an install: what was installed, who signed it,
-/// what it asks for and what it is granted.
+/// Formats an install report for the operator: what was installed, who
+/// signed it, what it requests and what it is granted.
 pub fn install_summary(report: &InstallReport) -> String {
     let mut out = String::new();
     let state = match (report.already_installed, report.active) {
@@ -250,8 +250,8 @@ pub async fn history(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The installed plugins with their versions, from the daemon or the
-/// database; `None` when the database holds none yet.
+/// Returns the installed plugins with their versions, from the daemon or
+/// the database, or `None` when the database contains none yet.
 pub async fn list(config: &Config, client: Option<ApiClient>) -> anyhow::Result<Option<Value>> {
     if let Some(client) = client {
         return Ok(Some(client.get("/v1/plugins").await?["plugins"].clone()));

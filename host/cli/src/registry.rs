@@ -17,8 +17,8 @@
 //! Then the component is written under the data directory, its record and
 //! an `installed` event are stored, and (unless staged) it is published:
 //! new runs get it, runs in flight keep the version they were given.
-//! Installs and activations are serialised by one lock; calls never wait
-//! on it.
+//! One lock serialises installs and activations. Plugin calls do not take
+//! it, because they read the runtime's published versions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -118,7 +118,7 @@ pub struct InstallRequest {
     pub activate: bool,
 }
 
-/// What an install did, for the operator.
+/// Outcome of an install, for the operator.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct InstallReport {
     pub name: String,
@@ -638,7 +638,7 @@ impl Registry {
     /// Installs the component at `path` (with `PATH.sig` when present),
     /// as the plugin directory delivers it. A version installed before is
     /// left as it is, so a rollback is not undone by the file still lying
-    /// in the directory; a new version is activated when `activate` is set.
+    /// in the directory. A new version is activated when `activate` is set.
     pub async fn install_file(
         &self,
         path: &Path,
@@ -673,8 +673,8 @@ impl Registry {
             })
             .await
             .map_err(|error| match error {
-                // A copied component often arrives before its `.sig`; say
-                // where the signature was looked for.
+                // A copied component often arrives before its `.sig`, so the
+                // message names the signature file that was looked for.
                 RegistryError::Signature {
                     source_name,
                     error: TrustError::Missing,
@@ -728,8 +728,8 @@ impl Registry {
         Ok(plugins)
     }
 
-    /// One plugin: its active version's actions and capabilities, its
-    /// versions and its history.
+    /// Returns one plugin: its active version's actions and capabilities,
+    /// its versions and its history.
     pub fn show(&self, name: &str) -> Result<Value, RegistryError> {
         let versions = self.store.versions_of_plugin(name).map_err(storage)?;
         if versions.is_empty() {
@@ -785,8 +785,8 @@ fn write_component(
     Ok(file)
 }
 
-/// The versions made active, oldest first, with each rollback undoing the
-/// activation on top.
+/// Replays `events` into the stack of active versions, oldest first. Each
+/// rollback removes the activations above the version it restored.
 fn activation_stack(events: &[PluginEvent]) -> Vec<String> {
     let mut stack: Vec<String> = Vec::new();
     for event in events {
@@ -815,7 +815,8 @@ pub(crate) fn action_names(loaded: &LoadedPlugin) -> Vec<String> {
         .collect()
 }
 
-/// What the operator's grant gives the plugin of what it requested.
+/// Summarises what the operator's grant gives the plugin of what it
+/// requested.
 /// Grant entries the plugin did not request are listed as ignored: they
 /// give it nothing.
 pub fn granted_summary(loaded: &LoadedPlugin) -> Value {
@@ -909,8 +910,8 @@ pub fn watch_directory(
     Ok((watcher, task))
 }
 
-/// The component a changed path belongs to: itself for `.wasm`, the
-/// component beside it for `.wasm.sig`, nothing otherwise.
+/// Returns the component a changed path belongs to: itself for `.wasm`,
+/// the component beside it for `.wasm.sig`, and `None` otherwise.
 fn component_of(path: &Path) -> Option<PathBuf> {
     let name = path.file_name()?.to_str()?;
     if name.starts_with('.') {

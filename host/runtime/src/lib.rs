@@ -132,7 +132,7 @@ pub struct LoadedPlugin {
     pub policy: Arc<Policy>,
     pre: PluginPre<HostState>,
     /// Permits for calls running at once, `limits.concurrent_calls` of them,
-    /// shared by every version of the plugin. Every runtime call holds one
+    /// shared by every version of the plugin. Every runtime call keeps one
     /// while its instance exists. The `describe` call at load time and
     /// [`Runtime::invoke_unguarded`] take none.
     call_slots: Arc<CallSlots>,
@@ -864,7 +864,7 @@ fn is_plugin_name(name: &str) -> bool {
     starts_with_letter && words_valid
 }
 
-/// Longest plugin name and version, in bytes. Both become part of file
+/// Maximum length of a plugin name and of a version, in bytes. Both become part of file
 /// names and keys.
 const MAX_NAME_BYTES: usize = 64;
 
@@ -873,9 +873,9 @@ const MAX_NAME_BYTES: usize = 64;
 const MAX_DESCRIBE_BYTES: usize = 1 << 20;
 
 /// Version of the `palisade:plugin` package this host offers. A plugin
-/// built against the same major and minor (for 0.x), or the same major and
-/// an equal or earlier minor (from 1.0), links; wasmtime matches such
-/// imports by semver.
+/// links when it was built against the same major and minor (for 0.x), or
+/// the same major and an equal or earlier minor (from 1.0). Wasmtime
+/// matches such imports by semver.
 pub const WORLD_VERSION: &str = "0.1.0";
 
 /// Returns whether `bytes` start as a core WebAssembly module rather than
@@ -885,8 +885,8 @@ fn is_core_module(bytes: &[u8]) -> bool {
 }
 
 /// Checks that every import is WASI or a compatible `palisade:plugin`
-/// interface, so an incompatible plugin gets an error that says which
-/// import and which version the host offers.
+/// interface, so an incompatible plugin gets an error that names the
+/// import and the version the host offers.
 fn check_imports(path: &Path, imports: &[String]) -> Result<(), LoadError> {
     let offered = semver::Version::parse(WORLD_VERSION).expect("WORLD_VERSION is valid");
     let mut foreign = Vec::new();

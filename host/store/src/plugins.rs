@@ -21,7 +21,7 @@ const VERSIONS: &str = "plugin_versions";
 const ACTIVE: &str = "plugin_active";
 const EVENTS: &str = "plugin_events";
 
-/// Who signed a plugin version, as its signature was verified at install.
+/// Signer of a plugin version, as its signature was verified at install.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginSigner {
     pub key_id: String,
@@ -44,7 +44,7 @@ pub struct PluginVersionRecord {
     pub signer: Option<PluginSigner>,
     pub installed_at: DateTime<Utc>,
     pub installed_by: String,
-    /// Where it came from: `upload by TOKEN`, `cli:PATH` or `directory:PATH`.
+    /// Origin: `upload by TOKEN`, `cli:PATH` or `directory:PATH`.
     pub source: String,
     pub description: String,
     pub actions: Vec<String>,
@@ -113,7 +113,7 @@ impl SledStore {
         Ok(records)
     }
 
-    /// The installed versions of plugin `name`.
+    /// Returns the installed versions of plugin `name`.
     pub fn versions_of_plugin(&self, name: &str) -> Result<Vec<PluginVersionRecord>, StoreError> {
         let mut records = Vec::new();
         for entry in self.tree(VERSIONS)?.scan_prefix(prefix(name)) {
@@ -169,7 +169,7 @@ impl SledStore {
         Ok(event)
     }
 
-    /// The history of plugin `name`, oldest first.
+    /// Returns the history of plugin `name`, oldest first.
     pub fn plugin_events(&self, name: &str) -> Result<Vec<PluginEvent>, StoreError> {
         let mut records = Vec::new();
         for entry in self.tree(EVENTS)?.scan_prefix(prefix(name)) {
